@@ -1,0 +1,125 @@
+"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins`, `vlp eval RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from vlp.core.errors import NonFiniteLoss, RecipeError
+from vlp.core.recipe import load_recipe
+from vlp.plugins import KINDS, list_entries, summary_of
+
+EXIT_BAD_INPUT = 2
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", type=Path, help="recipe YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set trainer.max_steps=100 (repeatable)")
+
+
+def _train_parser(prog: str = "vlp-train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train a recipe.")
+    _recipe_args(p)
+    p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>/)")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="'latest' or a checkpoint folder of the run in --out")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved recipe and exit")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out retrieval at the end")
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+        return 0
+    from vlp.core import distributed as D
+    from vlp.core.trainer import train
+
+    result = train(recipe, args.out, args.resume, evaluate=not args.no_eval)
+    if D.rank() == 0:
+        print(f"run folder: {result.run_dir}")
+        losses = {k: round(v, 4) for k, v in result.last_metrics.items() if k.startswith("loss")}
+        print(f"step {result.steps}: {json.dumps(losses)}")
+        if result.retrieval:
+            print("held-out retrieval:", json.dumps(result.retrieval))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: valid ({len(recipe.objectives)} objectives: "
+          f"{', '.join(recipe.objectives)})")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    rows = []
+    for kind in KINDS:
+        for name, entry in sorted(list_entries(kind).items()):
+            error = entry.error
+            summary = f"BROKEN: {error}" if error else summary_of(entry.load())
+            rows.append((kind, name, f"{entry.distribution} {entry.version}", summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vlp.eval.evaluate import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run_dir, args.checkpoint, args.device), indent=2))
+    return 0
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlp", description="Medical vision-language pre-training.")
+    sub = p.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a recipe (same as vlp-train)",
+                           parents=[_train_parser("vlp train")], add_help=False)
+    train.set_defaults(func=_cmd_train)
+    recipe = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="action",
+                                                                         required=True)
+    validate = recipe.add_parser("validate", help="check a recipe without building anything")
+    _recipe_args(validate)
+    validate.set_defaults(func=_cmd_validate)
+    sub.add_parser("plugins", help="list installed plugins").set_defaults(func=_cmd_plugins)
+    ev = sub.add_parser("eval", help="held-out retrieval of a run folder")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--checkpoint", default="latest")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_cmd_eval)
+    return p
+
+
+def _run(func, args: argparse.Namespace) -> int:
+    """Run a command; user errors print one clear message and exit 2, without a traceback."""
+    from vlp.data.sample import DataError
+
+    try:
+        return func(args)
+    except RecipeError as exc:
+        print(f"error: {args.recipe if hasattr(args, 'recipe') else ''}: {exc}", file=sys.stderr)
+    except (DataError, FileNotFoundError, NonFiniteLoss) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _main_parser().parse_args(argv)
+    return _run(args.func, args)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    return _run(_cmd_train, _train_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Encoder outputs as the step hands them to objectives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vlp.core.views import ImageView, TextView
+
+
+@dataclass
+class ImageFeatures:
+    """Image encoder output for one view: prefix tokens ([CLS], registers) then kept patches."""
+
+    tokens: torch.Tensor  # (B, P + K, D)
+    num_prefix: int
+    view: ImageView
+
+    @property
+    def patches(self) -> torch.Tensor:
+        return self.tokens[:, self.num_prefix:]
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        return self.tokens[:, 0] if self.num_prefix else self.tokens.mean(1)
+
+
+@dataclass
+class TextFeatures:
+    """Text encoder output for one view; position 0 is [CLS]."""
+
+    tokens: torch.Tensor  # (B, T, D)
+    view: TextView
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.view.attention_mask
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        return self.tokens[:, 0]
+
+
+@dataclass
+class FusedFeatures:
+    """A fusion module's output for one (image view, text view) pair."""
+
+    text: torch.Tensor  # (B, T, W): image-conditioned report tokens; [CLS] at 0
+    image: torch.Tensor  # (B, L, W): the image stream as the fusion saw it (prefix + patches)
+    text_mask: torch.Tensor  # (B, T) bool
+    image_layers: list[torch.Tensor] = field(default_factory=list)  # image stream per layer

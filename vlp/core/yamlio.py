@@ -1,0 +1,145 @@
+"""Safe YAML loading that remembers where each key was written.
+
+PyYAML reads `1e-4` as a string and silently keeps the last of duplicate keys; this loader reads
+it as a float and rejects duplicates. Every dotted key maps to "file:line" (or the `--set` that
+wrote it) so that validation errors can point at the source.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlp.core.errors import Problem, RecipeError
+
+Provenance = dict[str, str]  # dotted key -> "file:line" or "--set ..."
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (1e-4) as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path)
+
+
+def _record(node: yaml.Node, path: tuple[str, ...], source: str, prov: Provenance) -> None:
+    """Walk the composed node tree: note each key's line, reject duplicate keys."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RecipeError([Problem(f"{source}:{line}", _dotted((*path, key)),
+                                           f"duplicate key (first written on line {seen[key]})")])
+            seen[key] = line
+            prov[_dotted((*path, key))] = f"{source}:{line}"
+            _record(value_node, (*path, key), source, prov)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            prov[_dotted((*path, str(i)))] = f"{source}:{item.start_mark.line + 1}"
+            _record(item, (*path, str(i)), source, prov)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, Provenance]:
+    """Parse YAML text safely; returns the data and where each dotted key came from."""
+    prov: Provenance = {}
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            _record(node, (), source, prov)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([Problem(where, "", f"not valid YAML: {reason}")]) from None
+    return data, prov
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    """`top` over `base`: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Provenance]:
+    """Load a recipe file, resolving `_base_` (a path or list of paths relative to the file)."""
+    path = Path(path)
+    source = str(path)
+    if path.resolve() in _chain:
+        raise RecipeError([Problem(source, "_base_", "circular _base_ inheritance")])
+    if not path.is_file():
+        raise RecipeError([Problem(source, "", "file not found")])
+    data, prov = parse_yaml(path.read_text(encoding="utf-8"), source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([Problem(source, "", "a recipe must be a mapping of keys to values")])
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    merged_prov: Provenance = {}
+    for i, base in enumerate(bases):
+        if not isinstance(base, str):
+            raise RecipeError([Problem(prov.get(f"_base_.{i}", source), "_base_",
+                                       "expected a file path")])
+        base_data, base_prov = load_with_bases(path.parent / base, (*_chain, path.resolve()))
+        merged = deep_merge(merged, base_data)
+        merged_prov.update(base_prov)
+    merged_prov.update({k: v for k, v in prov.items() if not k.startswith("_base_")})
+    return deep_merge(merged, data), merged_prov
+
+
+def apply_override(data: dict, prov: Provenance, assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML."""
+    where = f"--set {assignment}"
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError([Problem(where, key, "expected KEY=VALUE, e.g. trainer.max_steps=100")])
+    value, _ = parse_yaml(raw, where)
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError([Problem(where, _dotted(tuple(parts[: depth + 1])),
+                                       f"is a {type(child).__name__}, not a mapping; cannot set "
+                                       f"'{parts[depth + 1]}' inside it")])
+        node = child
+    node[parts[-1]] = value
+    for k in [k for k in prov if k == key or k.startswith(key + ".")]:
+        del prov[k]
+    prov[key] = where
+
+
+def where_of(prov: Provenance, key: str, default: str) -> str:
+    """Source of `key`, or of its closest written parent (a missing key points at its parent)."""
+    parts = key.split(".")
+    while parts:
+        found = prov.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return default

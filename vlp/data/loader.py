@@ -1,0 +1,101 @@
+"""Data sets from a recipe, and a sampler whose batch at step s depends only on (seed, s).
+
+Batches are a pure function of the step, so resuming at step s needs no replay of the data
+order, and each rank takes its contiguous slice of the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from vlp.core.recipe import DemoData, ManifestData
+from vlp.data.collate import Collator
+from vlp.data.demo import DemoDataset, demo_reports
+from vlp.data.manifest import ManifestDataset, split_indices
+
+
+@dataclass
+class DataSplits:
+    train: Dataset
+    val: Dataset
+    train_texts: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)  # bad rows, by reason
+    bad_rows: list[tuple[str, int, str]] = field(default_factory=list)  # (file, row, reason)
+
+
+def _manifest(spec: ManifestData, path: str) -> ManifestDataset:
+    return ManifestDataset(path, image_root=spec.image_root, image_column=spec.image_column,
+                           text_column=spec.text_column, id_column=spec.id_column,
+                           image_size=spec.image_size, in_chans=spec.channels,
+                           strict=spec.strict, fmt=spec.format)
+
+
+def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
+    """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
+    if isinstance(spec, DemoData):
+        train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
+        val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
+                          offset=spec.train_size)
+        return DataSplits(train, val, demo_reports(spec.train_size, spec.seed))
+    full = _manifest(spec, spec.path)
+    sets = [full]
+    if spec.val_path:
+        train, val = full, _manifest(spec, spec.val_path)
+        sets.append(val)
+        train_idx = list(range(len(full)))
+    else:
+        train_idx, val_idx = split_indices(len(full), spec.val_fraction, spec.seed)
+        train, val = Subset(full, train_idx), Subset(full, val_idx)
+    skipped: dict[str, int] = {}
+    bad: list[tuple[str, int, str]] = []
+    for ds, path in zip(sets, [spec.path, spec.val_path]):
+        for reason, n in ds.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        bad.extend((str(path), row, reason) for row, reason in ds.bad_rows)
+    texts = [full.texts[i] for i in train_idx]
+    return DataSplits(train, val, texts, skipped, bad)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Index lists for steps start..total-1: epoch-wise permutations seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, start: int, total: int,
+                 rank: int = 0, world: int = 1):
+        if global_batch > n:
+            raise ValueError(f"batch_size {global_batch} exceeds the training set ({n} pairs)")
+        self.n, self.batch, self.seed = n, global_batch, seed
+        self.start, self.total, self.rank, self.world = start, total, rank, world
+        self.per_epoch = n // global_batch
+        self.local = global_batch // world
+
+    def indices(self, step: int) -> list[int]:
+        epoch, within = divmod(step, self.per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        begin = within * self.batch + self.rank * self.local
+        return perm[begin: begin + self.local].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.total):
+            yield self.indices(step)
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: int, start: int,
+                 total: int, num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:
+    sampler = StepBatchSampler(len(data.train), global_batch, seed, start, total, rank, world)
+    return DataLoader(data.train, batch_sampler=sampler, collate_fn=collate,
+                      num_workers=num_workers, pin_memory=pin,
+                      persistent_workers=num_workers > 0)
+
+
+def eval_loader(dataset: Dataset, collate: Collator, batch_size: int, num_workers: int
+                ) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                      num_workers=num_workers)

@@ -1,0 +1,1 @@
+"""Encoder plugins: image encoders, text encoders and fusion modules."""

@@ -1,0 +1,65 @@
+"""Transformer building blocks shared by the text encoder and fusion modules (PyTorch SDPA)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention over SDPA; `kv` defaults to `x` (self-attention)."""
+
+    def __init__(self, width: int, heads: int, kv_width: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(kv_width or width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """key_mask: (B, S) bool, True for keys that may be attended to."""
+        kv = x if kv is None else kv
+        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
+        k, v = rearrange(self.kv(kv), "b s (two h d) -> two b h s d", two=2, h=self.heads)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, width: int, ratio: float = 4.0, dropout: float = 0.0):
+        hidden = int(width * ratio)
+        super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, width))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 cross_width: int | None = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads, dropout=dropout)
+        self.cross = None
+        if cross_width is not None:
+            self.norm_cross = nn.LayerNorm(width)
+            self.cross = Attention(width, heads, kv_width=cross_width, dropout=dropout)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), key_mask=mask))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.norm_cross(x), kv=context, key_mask=context_mask))
+        return x + self.drop(self.mlp(self.norm2(x)))

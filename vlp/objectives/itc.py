@@ -1,0 +1,63 @@
+"""Image-text contrastive learning (CLIP's symmetric InfoNCE), exact under DDP."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from vlp.core import distributed as D
+from vlp.objectives.base import Needs, Objective, ObjectiveOutput
+from vlp.plugins.base import Params
+
+if TYPE_CHECKING:
+    from vlp.core.context import BuildContext
+    from vlp.core.step import Step
+
+
+def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
+             logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over all pairs of the (global) batch; row i of each input is a pair.
+
+    Inputs are L2-normalised (B, D); `logit_scale` is the log of the inverse temperature. Under
+    DDP each rank scores its own rows against every rank's rows (features gathered with
+    gradient, "local loss"), which gives the exact global loss at O(B * N) memory.
+    """
+    all_image, all_text = D.gather_with_grad(image_emb), D.gather_with_grad(text_emb)
+    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + D.rank() * image_emb.shape[0]
+    scale = logit_scale.exp()
+    logits_i2t = scale * image_emb @ all_text.T
+    logits_t2i = scale * text_emb @ all_image.T
+    return (F.cross_entropy(logits_i2t.float(), labels)
+            + F.cross_entropy(logits_t2i.float(), labels)) / 2
+
+
+class ITC(Objective):
+    """Image-text contrastive loss (symmetric InfoNCE) with a learnable, clamped temperature."""
+
+    batch_coupled = True
+
+    class Params(Params):
+        image_view: str = "image"
+        text_view: str = "text"
+        init_temperature: float = Field(0.07, gt=0)
+        max_logit_scale: float = Field(100.0, gt=1)  # CLIP clamps exp(scale) at 100
+
+    def __init__(self, params: Params, ctx: BuildContext):
+        super().__init__(params, ctx)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / params.init_temperature)))
+
+    @classmethod
+    def needs(cls, params: Params) -> Needs:
+        return Needs(image_views={"image_view": params.image_view},
+                     text_views={"text_view": params.text_view})
+
+    def forward(self, step: Step) -> ObjectiveOutput:
+        scale = self.logit_scale.clamp(max=math.log(self.params.max_logit_scale))
+        loss = itc_loss(step.image_embedding(self.params.image_view),
+                        step.text_embedding(self.params.text_view), scale)
+        return ObjectiveOutput(loss, {"temperature": (-scale).exp().detach()})
