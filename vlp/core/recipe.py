@@ -191,7 +191,8 @@ def _describe(err: dict[str, Any], allowed: list[str] | None) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown value {err['input']!r}; expected one of: {err['ctx']['expected_tags']}"
+        ctx = err["ctx"]
+        return f"unknown value {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
     given = err.get("input")
     shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
     return f"{err['msg']}{shown}"

@@ -84,6 +84,12 @@ class Step:
             return self.model.fusion(img.tokens, txt.tokens, txt.mask)
         return self._once(("fused", image_view, text_view), fuse)
 
+    def fuse(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
+             text_mask: torch.Tensor, tag: str) -> FusedFeatures:
+        """An uncached fusion pass over re-paired tokens (e.g. ITM negatives), counted as `tag`."""
+        self.passes[f"fusion/{tag}"] += 1
+        return self.model.fusion(image_tokens, text_tokens, text_mask)
+
     # shared projections --------------------------------------------------------------------
     def image_embedding(self, view: str = "image") -> torch.Tensor:
         """L2-normalised projection of the pooled image feature, (B, embed_dim)."""

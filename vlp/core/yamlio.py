@@ -69,11 +69,19 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Provenance]:
     return data, prov
 
 
+REPLACE_KEY = "_replace_"
+
+
 def deep_merge(base: dict, top: dict) -> dict:
-    """`top` over `base`: mappings merge key by key, anything else is replaced."""
+    """`top` over `base`: mappings merge key by key, anything else is replaced.
+
+    A mapping in `top` holding `_replace_: true` replaces the base's mapping instead of merging.
+    """
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value.get(REPLACE_KEY) is True:
+            out[key] = deep_merge({}, {k: v for k, v in value.items() if k != REPLACE_KEY})
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -105,6 +113,11 @@ def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Pr
         base_data, base_prov = load_with_bases(path.parent / base, (*_chain, path.resolve()))
         merged = deep_merge(merged, base_data)
         merged_prov.update(base_prov)
+    for key, value in prov.items():
+        if key.split(".")[-1] == REPLACE_KEY:  # drop the base's provenance under a replacement
+            parent = key.rsplit(".", 1)[0]
+            for stale in [k for k in merged_prov if k.startswith(parent + ".")]:
+                del merged_prov[stale]
     merged_prov.update({k: v for k, v in prov.items() if not k.startswith("_base_")})
     return deep_merge(merged, data), merged_prov
 

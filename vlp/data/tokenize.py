@@ -27,6 +27,11 @@ class TokenIds:
     sep: int
     mask: int
 
+    @property
+    def first_regular(self) -> int:
+        """Lowest id above every special token: random MLM replacements start here."""
+        return max(self.pad, self.unk, self.cls, self.sep, self.mask) + 1
+
     @classmethod
     def of(cls, tok: Tokenizer) -> TokenIds:
         ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]

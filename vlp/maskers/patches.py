@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,4 +45,66 @@ class RandomPatches(Masker):
         pixels = step.batch.image
         ids_keep, mask = random_patch_mask(pixels.shape[0], self.ctx.num_patches,
                                            self.params.ratio, step.generator, pixels.device)
+        return ViewOutput(image=ImageView(pixels, ids_keep, mask))
+
+
+def block_patch_mask(batch: int, grid: tuple[int, int], ratio: float, generator: torch.Generator,
+                     device: torch.device, min_block: int = 4, aspect: float = 0.3,
+                     max_blocks: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """BEiT-style block-wise masking, vectorised over the batch and the candidate blocks.
+
+    Each sample draws `max_blocks` rectangles (area >= min_block patches, log-uniform aspect
+    ratio in [aspect, 1/aspect]); their union in draw order is taken until it covers the target.
+    Exactly round(ratio * N) patches are masked in every sample (so kept patches batch without
+    padding): first those of the blocks before the last one used, then the last block's, then
+    random patches if the blocks fell short.
+    """
+    gh, gw = grid
+    n = gh * gw
+    target = int(round(ratio * n))
+    shape = (batch, max_blocks)
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
+
+    area = u(min_block, max(min_block, target))
+    log_ar = u(math.log(aspect), -math.log(aspect))
+    h = (area * log_ar.exp()).sqrt().round().clamp(1, gh)
+    w = (area / log_ar.exp()).sqrt().round().clamp(1, gw)
+    top = (u(0, 1) * (gh - h + 1)).floor()
+    left = (u(0, 1) * (gw - w + 1)).floor()
+    rows = torch.arange(gh, device=device).view(1, 1, gh, 1)
+    cols = torch.arange(gw, device=device).view(1, 1, 1, gw)
+    inside = ((rows >= top[..., None, None]) & (rows < (top + h)[..., None, None])
+              & (cols >= left[..., None, None]) & (cols < (left + w)[..., None, None]))
+    union = inside.flatten(2).cummax(dim=1).values  # (B, R, N): union of the first r blocks
+    covered = union.sum(-1)  # (B, R)
+    last = (covered < target).sum(1).clamp(max=max_blocks - 1)  # first r reaching the target
+    before = torch.where(last[:, None] > 0,
+                         union.gather(1, (last - 1).clamp(min=0)[:, None, None]
+                                      .expand(-1, 1, n)).squeeze(1),
+                         torch.zeros(batch, n, dtype=torch.bool, device=device))
+    upto = union.gather(1, last[:, None, None].expand(-1, 1, n)).squeeze(1)
+    priority = 2.0 - before.float() - upto.float()  # 0: earlier blocks, 1: last block, 2: rest
+    scores = priority + torch.rand(batch, n, generator=generator, device=device)
+    return keep_and_mask_from_scores(-scores, n - target)
+
+
+class BlockPatches(Masker):
+    """Mask rectangular blocks of patches (BEiT block-wise masking) at a fixed ratio."""
+
+    produces = frozenset({"image"})
+
+    class Params(Params):
+        ratio: float = Field(0.4, gt=0, lt=1)
+        min_block: int = Field(4, ge=1)
+        aspect: float = Field(0.3, gt=0, le=1)
+        max_blocks: int = Field(32, ge=1)
+
+    def __call__(self, step: Step) -> ViewOutput:
+        pixels = step.batch.image
+        p = self.params
+        ids_keep, mask = block_patch_mask(pixels.shape[0], self.ctx.grid_size, p.ratio,
+                                          step.generator, pixels.device, p.min_block,
+                                          p.aspect, p.max_blocks)
         return ViewOutput(image=ImageView(pixels, ids_keep, mask))
