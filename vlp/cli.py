@@ -28,6 +28,8 @@ def _train_parser(prog: str = "vlp-train") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>/)")
     p.add_argument("--resume", metavar="CKPT",
                    help="'latest' or a checkpoint folder of the run in --out")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="stop at this step with a checkpoint (continue with --resume latest)")
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved recipe and exit")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out retrieval at the end")
@@ -42,7 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vlp.core import distributed as D
     from vlp.core.trainer import train
 
-    result = train(recipe, args.out, args.resume, evaluate=not args.no_eval)
+    result = train(recipe, args.out, args.resume, evaluate=not args.no_eval,
+                   stop_after=args.stop_after)
     if D.rank() == 0:
         print(f"run folder: {result.run_dir}")
         losses = {k: round(v, 4) for k, v in result.last_metrics.items() if k.startswith("loss")}

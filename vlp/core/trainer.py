@@ -62,7 +62,9 @@ def _metrics_file(run_dir: Path, start: int):
 
 
 def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
-          evaluate: bool = True) -> TrainResult:
+          evaluate: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train `recipe`; `stop_after` ends early at that step with a checkpoint (for jobs with a
+    time limit: continue later with resume='latest'; the schedule still spans max_steps)."""
     spec, tr = recipe.spec, recipe.spec.trainer
     device = resolve_device(tr.device)
     D.init_from_env(device.type)
@@ -94,7 +96,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     ddp = (DistributedDataParallel(model, find_unused_parameters=tr.find_unused_parameters)
            if D.is_distributed() else model)
 
-    loader = train_loader(run.data, run.collate, tr.batch_size, spec.seed, start, tr.max_steps,
+    end = tr.max_steps if stop_after is None else min(stop_after, tr.max_steps)
+    loader = train_loader(run.data, run.collate, tr.batch_size, spec.seed, start, end,
                           spec.data.num_workers, rank, world, pin=device.type == "cuda")
     names = list(model.objectives)
     log = _metrics_file(run_dir, start) if rank == 0 else None
@@ -146,7 +149,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
         for key, value in {"loss": loss.detach(), "grad_norm": grad_norm, **metrics}.items():
             sums[key] = sums.get(key, 0) + value
         done = step + 1
-        if done % tr.log_every == 0 or done == tr.max_steps:
+        if done % tr.log_every == 0 or done == end:
             check_finite(done)
             elapsed = time.perf_counter() - tick
             n = done - last_log
@@ -160,18 +163,18 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                             samples_s=f"{last['samples_per_s']:.0f}")
             sums, tick, last_log = {}, time.perf_counter(), done
         bar.update(1)
-        if tr.ckpt_every and done % tr.ckpt_every == 0 and done != tr.max_steps:
+        if tr.ckpt_every and done % tr.ckpt_every == 0 and done != end:
             check_finite(done)
             save(done)
     bar.close()
-    done = max(start, tr.max_steps)
+    done = max(start, end)
     check_finite(done)
     save(done)
     if log is not None:
         log.close()
 
     retrieval = None
-    if evaluate and rank == 0:
+    if evaluate and rank == 0 and done >= tr.max_steps:
         retrieval = run.evaluate()
         write_json(run_dir / "summary.json", {
             "recipe": recipe.source, "steps": done, "final": last, "retrieval": retrieval,
