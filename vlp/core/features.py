@@ -16,6 +16,7 @@ class ImageFeatures:
     tokens: torch.Tensor  # (B, P + K, D)
     num_prefix: int
     view: ImageView
+    pool: str = "token"  # "token": the first prefix token; "avg": mean of the patch tokens
 
     @property
     def patches(self) -> torch.Tensor:
@@ -23,7 +24,9 @@ class ImageFeatures:
 
     @property
     def pooled(self) -> torch.Tensor:
-        return self.tokens[:, 0] if self.num_prefix else self.tokens.mean(1)
+        if self.pool == "token" and self.num_prefix:
+            return self.tokens[:, 0]
+        return self.patches.mean(1)
 
 
 @dataclass
@@ -32,6 +35,7 @@ class TextFeatures:
 
     tokens: torch.Tensor  # (B, T, D)
     view: TextView
+    pool: str = "cls"  # "cls": the [CLS] token; "mean": mean over real tokens
 
     @property
     def mask(self) -> torch.Tensor:
@@ -39,7 +43,10 @@ class TextFeatures:
 
     @property
     def pooled(self) -> torch.Tensor:
-        return self.tokens[:, 0]
+        if self.pool == "cls":
+            return self.tokens[:, 0]
+        weights = self.mask.unsqueeze(-1).to(self.tokens.dtype)
+        return (self.tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 @dataclass

@@ -75,12 +75,13 @@ class VLPModel(nn.Module):
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings for retrieval (full images)."""
         enc = self.image_encoder
-        pooled = ImageFeatures(enc(pixels), enc.num_prefix_tokens, ImageView(pixels)).pooled
+        pooled = ImageFeatures(enc(pixels), enc.num_prefix_tokens, ImageView(pixels), enc.pool).pooled
         return nn.functional.normalize(self.image_proj(pooled), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalised text embeddings for retrieval (full reports)."""
-        tokens = self.text_encoder(input_ids, attention_mask)
-        pooled = TextFeatures(tokens, TextView(input_ids, attention_mask)).pooled
+        enc = self.text_encoder
+        pooled = TextFeatures(enc(input_ids, attention_mask), TextView(input_ids, attention_mask),
+                              enc.pool).pooled
         return nn.functional.normalize(self.text_proj(pooled), dim=-1)

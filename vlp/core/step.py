@@ -67,14 +67,15 @@ class Step:
             v = self.image_view(view)
             self.passes[f"image_encoder/{view}"] += 1
             enc = self.model.image_encoder
-            return ImageFeatures(enc(v.pixels, v.ids_keep), enc.num_prefix_tokens, v)
+            return ImageFeatures(enc(v.pixels, v.ids_keep), enc.num_prefix_tokens, v, enc.pool)
         return self._once(("image", view), encode)
 
     def text(self, view: str = "text") -> TextFeatures:
         def encode() -> TextFeatures:
             v = self.text_view(view)
             self.passes[f"text_encoder/{view}"] += 1
-            return TextFeatures(self.model.text_encoder(v.input_ids, v.attention_mask), v)
+            enc = self.model.text_encoder
+            return TextFeatures(enc(v.input_ids, v.attention_mask), v, enc.pool)
         return self._once(("text", view), encode)
 
     def fused(self, image_view: str = "image", text_view: str = "text") -> FusedFeatures:

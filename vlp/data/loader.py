@@ -54,7 +54,8 @@ def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
     bad: list[tuple[str, int, str]] = []
     for ds, path in zip(sets, [spec.path, spec.val_path]):
         for reason, n in ds.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + n
+            if n:
+                skipped[reason] = skipped.get(reason, 0) + n
         bad.extend((str(path), row, reason) for row, reason in ds.bad_rows)
     texts = [full.texts[i] for i in train_idx]
     return DataSplits(train, val, texts, skipped, bad)

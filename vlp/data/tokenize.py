@@ -1,8 +1,9 @@
 """Report tokenizers (`tokenizers` library): trained on the training reports or loaded from a file.
 
-BPE is the default because its training is deterministic here (WordPiece training gave a
-different vocabulary on each run of the same corpus), which exact resume and reproducible runs
-need. Either way the trained `tokenizer.json` is saved with the run and reloaded from there.
+Training is not reproducible across processes (ties between equally frequent merges are broken
+differently, so token ids change), so a run trains once, saves `tokenizer.json` in its folder and
+every later use (resume, evaluation, other ranks) loads that file. To share one vocabulary across
+runs, point `model.tokenizer.path` at a saved file.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class ImageEncoder(nn.Module, Plugin):
     patch_size: int
     grid_size: tuple[int, int]
     num_prefix_tokens: int
+    pool: str = "token"  # how ImageFeatures.pooled summarises: "token" or "avg"
 
     def __init__(self, params: Params, image_size: int, in_chans: int):
         super().__init__()
@@ -47,6 +48,7 @@ class TextEncoder(nn.Module, Plugin):
     """Contextual token features from token ids and a padding mask."""
 
     width: int
+    pool: str = "cls"  # how TextFeatures.pooled summarises: "cls" or "mean"
 
     def __init__(self, params: Params, vocab_size: int, pad_id: int, max_len: int):
         super().__init__()

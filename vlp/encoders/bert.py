@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from typing import Literal
+
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -20,6 +22,7 @@ class BertEncoder(TextEncoder):
         heads: int = Field(12, gt=0)
         mlp_ratio: float = Field(4.0, gt=0)
         dropout: float = Field(0.0, ge=0, lt=1)
+        pool: Literal["cls", "mean"] = "cls"  # summary: [CLS] token or mean of real tokens
 
         @model_validator(mode="after")
         def _heads_divide_width(self):
@@ -30,6 +33,7 @@ class BertEncoder(TextEncoder):
     def __init__(self, params: Params, vocab_size: int, pad_id: int, max_len: int):
         super().__init__(params, vocab_size, pad_id, max_len)
         self.width = params.width
+        self.pool = params.pool
         self.token_embed = nn.Embedding(vocab_size, params.width, padding_idx=pad_id)
         self.pos_embed = nn.Parameter(torch.zeros(1, max_len, params.width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

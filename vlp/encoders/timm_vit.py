@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
@@ -24,6 +25,7 @@ class TimmViT(ImageEncoder):
         num_heads: int | None = Field(None, gt=0)
         mlp_ratio: float | None = Field(None, gt=0)
         drop_path_rate: float = Field(0.0, ge=0, lt=1)
+        pool: Literal["token", "avg"] = "token"  # summary: [CLS] token or mean of patch tokens
         pretrained: bool = False
         weights: str | None = None  # local file (safetensors or .pth) loaded with timm's adapter
 
@@ -61,6 +63,7 @@ class TimmViT(ImageEncoder):
         self.patch_size = vit.patch_embed.patch_size[0]
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.num_prefix_tokens = vit.num_prefix_tokens
+        self.pool = params.pool
 
     def no_weight_decay(self) -> set[str]:
         return {f"vit.{n}" for n in self.vit.no_weight_decay()}

@@ -32,7 +32,7 @@ def retrieval_eval(model: VLPModel, dataset: Dataset, collate: Collator, device:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "latest",
                  device: str = "auto") -> dict[str, float]:
     """Rebuild a run's model from its folder (recipe, tokenizer, checkpoint) and evaluate it."""
-    from vlp.core.trainer import load_run
+    from vlp.core.run import load_run
 
     run = load_run(Path(run_dir), checkpoint, device)
     return run.evaluate()

@@ -1,0 +1,109 @@
+"""The training loop: exact resume, non-finite stop, evaluation, checkpoints and bad data rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import vlp.objectives.itc as itc_module
+from vlp.cli import main
+from vlp.core.errors import NonFiniteLoss
+from vlp.core.recipe import load_recipe
+from vlp.core.trainer import train
+from vlp.data.demo import demo_reports
+from vlp.data.tokenize import train_tokenizer
+
+
+def losses(run: Path) -> list[dict[str, float]]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.startswith("loss") or k == "step"} for r in rows]
+
+
+@pytest.fixture
+def recipe_path(write_recipe, tmp_path):
+    tok = tmp_path / "tokenizer.json"  # one vocabulary for both runs (training is not repeatable)
+    train_tokenizer(demo_reports(64), vocab_size=300).save(str(tok))
+    return write_recipe(f"""
+        _base_: tiny_base.yaml
+        model: {{fusion: {{name: cross_attention, layers: 1, heads: 2}},
+                 tokenizer: {{path: {tok}}}}}
+        views:
+          masked: {{masker: random_patches, ratio: 0.5}}
+          mlm: {{masker: mlm_tokens}}
+        objectives:
+          itc: {{weight: 1.0}}
+          itc_masked: {{use: itc, weight: 1.0, image_view: masked}}
+          mlm: {{weight: 1.0, text_view: mlm, fused: true}}
+        trainer: {{max_steps: 6, ckpt_every: 3, log_every: 1}}
+    """)
+
+
+def test_resume_gives_identical_losses(recipe_path, tmp_path):
+    recipe = load_recipe(recipe_path)
+    straight = train(recipe, out=tmp_path / "straight", evaluate=False)
+    train(recipe, out=tmp_path / "split", evaluate=False, stop_after=3)
+    assert [r["step"] for r in losses(tmp_path / "split")] == [1, 2, 3]
+    resumed = train(recipe, out=tmp_path / "split", resume="latest", evaluate=False)
+    assert straight.steps == resumed.steps == 6
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    assert len(losses(tmp_path / "straight")) == 6
+
+
+def test_checkpoint_loads_without_pickle(recipe_path, tmp_path):
+    result = train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r")
+    ckpt = result.run_dir / "checkpoints" / (result.run_dir / "checkpoints" / "latest").read_text()
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert state["step"] == 2 and "optimizer" in state and "rng" in state
+    assert not list((result.run_dir / "checkpoints").glob(".tmp*"))
+    # vlp eval rebuilds the run from its folder and reproduces the end-of-training figures
+    assert main(["eval", str(result.run_dir)]) == 0
+    again = json.loads((result.run_dir / "retrieval.json").read_text())
+    assert again == result.retrieval
+    assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "n"} <= set(again)
+    assert again["n"] == 16
+
+
+def test_non_finite_loss_stops_naming_objective_and_step(recipe_path, tmp_path, monkeypatch):
+    real, calls = itc_module.itc_loss, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] >= 9 else loss  # 2 ITC calls per step: step 5
+
+    monkeypatch.setattr(itc_module, "itc_loss", poisoned)
+    recipe = load_recipe(recipe_path, ["trainer.ckpt_every=2"])
+    with pytest.raises(NonFiniteLoss, match=r"objective 'itc' gave a non-finite loss at step 5"):
+        train(recipe, out=tmp_path / "r", evaluate=False)
+    latest = (tmp_path / "r" / "checkpoints" / "latest").read_text()
+    assert latest == "step_0000004"
+
+
+def test_manifest_bad_rows_are_counted_in_the_summary(write_recipe, tmp_path):
+    images = tmp_path / "img"
+    images.mkdir()
+    rows = []
+    for i, text in enumerate(demo_reports(40)):
+        Image.new("L", (32, 32), color=i * 5).save(images / f"{i}.png")
+        rows.append({"file": f"{i}.png", "report": text})
+    rows.append({"file": "missing.png", "report": "Clear lungs."})
+    rows.append({"file": "0.png", "report": "   "})
+    (images / "broken.png").write_bytes(b"not a png")
+    rows.append({"file": "broken.png", "report": "No effusion."})
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_recipe(f"""
+        _base_: tiny_base.yaml
+        data: {{_replace_: true, source: manifest, path: {manifest}, image_root: {images},
+                image_column: file, text_column: report, image_size: 32, val_fraction: 0.2}}
+        objectives: {{itc: {{weight: 1.0}}}}
+        trainer: {{max_steps: 2}}
+    """)
+    result = train(load_recipe(path), out=tmp_path / "run")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["skipped_rows"] == {"missing_image": 1, "empty_text": 1, "unreadable_image": 1}
+    assert [r[1] for r in summary["bad_rows"]] == [41, 42, 43]
