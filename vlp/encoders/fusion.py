@@ -51,7 +51,11 @@ class CrossAttentionFusion(Fusion):
 
     def forward(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
                 text_mask: torch.Tensor) -> FusedFeatures:
-        img, txt = self.image_in(image_tokens), self.text_in(text_tokens)
+        return self.fuse(self.image_in(image_tokens), self.text_in(text_tokens), text_mask)
+
+    def fuse(self, img: torch.Tensor, txt: torch.Tensor, text_mask: torch.Tensor
+             ) -> FusedFeatures:
+        """The layers, on image and text tokens already at the fusion width."""
         layers = []
         for i, block in enumerate(self.text_blocks):
             new_txt = block(txt, mask=text_mask, context=img)

@@ -1,0 +1,116 @@
+"""Global and local alignment: contrastive on pooled features plus report-token to image-patch
+alignment (FILIP-style max-similarity or GLoRIA-style attention-weighted regions)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from vlp.core import distributed as D
+from vlp.objectives.base import Needs, Objective, ObjectiveOutput
+from vlp.objectives.itc import itc_loss
+from vlp.plugins.base import Params
+
+if TYPE_CHECKING:
+    from vlp.core.context import BuildContext
+    from vlp.core.step import Step
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def filip_scores(words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP late interaction. words (Bt, T, E) and patches (Bi, K, E) L2-normalised;
+    word_mask (Bt, T) True for real words. Returns (image->text (Bi, Bt), text->image (Bt, Bi)):
+    each patch's best word averaged over patches, and each word's best patch averaged over words.
+    """
+    sim = torch.einsum("ike,jte->ijkt", patches, words)  # (Bi, Bt, K, T)
+    masked = sim.masked_fill(~word_mask[None, :, None, :], float("-inf"))
+    image_to_text = masked.max(dim=3).values.mean(dim=2)  # (Bi, Bt)
+    best_patch = sim.max(dim=2).values  # (Bi, Bt, T)
+    text_to_image = _masked_mean(best_patch, word_mask[None], dim=2).T  # (Bt, Bi)
+    return image_to_text, text_to_image
+
+
+def gloria_scores(words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor,
+                  attn_temperature: float = 4.0, agg_temperature: float = 5.0) -> torch.Tensor:
+    """GLoRIA local similarity (Bi, Bt): each word attends over the image's patches
+    (softmax(attn_temperature * cos)), is compared with its attention-weighted region by cosine,
+    and the word scores are aggregated by log-sum-exp(agg_temperature * .) / agg_temperature."""
+    sim = torch.einsum("ike,jte->ijtk", patches, words)  # (Bi, Bt, T, K)
+    attn = (attn_temperature * sim).softmax(dim=-1)
+    region = F.normalize(torch.einsum("ijtk,ike->ijte", attn, patches), dim=-1)
+    word_score = (region * words[None]).sum(-1)  # (Bi, Bt, T)
+    word_score = word_score.masked_fill(~word_mask[None], float("-inf"))
+    return torch.logsumexp(agg_temperature * word_score, dim=-1) / agg_temperature
+
+
+def local_contrastive_loss(i2t: torch.Tensor, t2i: torch.Tensor, logit_scale: torch.Tensor
+                           ) -> torch.Tensor:
+    """Symmetric cross-entropy over local scores; row r's positive is column r + rank offset."""
+    labels = torch.arange(i2t.shape[0], device=i2t.device) + D.rank() * i2t.shape[0]
+    scale = logit_scale.exp()
+    return (F.cross_entropy(scale * i2t.float(), labels)
+            + F.cross_entropy(scale * t2i.float(), labels)) / 2
+
+
+class GLA(Objective):
+    """Global (pooled ITC) plus local (token-to-patch) image-report alignment."""
+
+    batch_coupled = True
+
+    class Params(Params):
+        image_view: str = "image"
+        text_view: str = "text"
+        global_weight: float = Field(1.0, ge=0)
+        local_weight: float = Field(1.0, ge=0)
+        local: Literal["filip", "gloria"] = "filip"
+        init_temperature: float = Field(0.07, gt=0)
+        max_logit_scale: float = Field(100.0, gt=1)
+        attn_temperature: float = Field(4.0, gt=0)  # GLoRIA gamma_1
+        agg_temperature: float = Field(5.0, gt=0)  # GLoRIA gamma_2
+
+    def __init__(self, params: Params, ctx: BuildContext):
+        super().__init__(params, ctx)
+        init = math.log(1 / params.init_temperature)
+        self.global_scale = nn.Parameter(torch.tensor(init))
+        self.local_scale = nn.Parameter(torch.tensor(init))
+        self.word_proj = nn.Linear(ctx.text_width, ctx.embed_dim)
+        self.patch_proj = nn.Linear(ctx.image_width, ctx.embed_dim)
+
+    @classmethod
+    def needs(cls, params: Params) -> Needs:
+        return Needs(image_views={"image_view": params.image_view},
+                     text_views={"text_view": params.text_view})
+
+    def forward(self, step: Step) -> ObjectiveOutput:
+        p = self.params
+        cap = math.log(p.max_logit_scale)
+        global_loss = itc_loss(step.image_embedding(p.image_view),
+                               step.text_embedding(p.text_view), self.global_scale.clamp(max=cap))
+        text = step.text(p.text_view)
+        words = F.normalize(self.word_proj(text.tokens), dim=-1)
+        word_mask = text.mask & ~step.batch.special_tokens_mask  # no [CLS]/[SEP]/padding
+        patches = F.normalize(self.patch_proj(step.image(p.image_view).patches), dim=-1)
+        all_words, all_mask = D.gather_with_grad(words), D.gather_no_grad(word_mask)
+        all_patches = D.gather_with_grad(patches)
+        if p.local == "filip":
+            i2t, _ = filip_scores(all_words, all_mask, patches)
+            _, t2i = filip_scores(words, word_mask, all_patches)
+        else:
+            i2t = gloria_scores(all_words, all_mask, patches, p.attn_temperature,
+                                p.agg_temperature)
+            t2i = gloria_scores(words, word_mask, all_patches, p.attn_temperature,
+                                p.agg_temperature).T
+        local_loss = local_contrastive_loss(i2t, t2i, self.local_scale.clamp(max=cap))
+        loss = p.global_weight * global_loss + p.local_weight * local_loss
+        return ObjectiveOutput(loss, {"global": global_loss.detach(),
+                                      "local": local_loss.detach()})
