@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 
 from vlp.core.views import ViewOutput
 from vlp.maskers.base import Masker
@@ -35,8 +35,10 @@ def _part(spec: dict[str, Any], part: str) -> tuple[type[Masker], Params]:
         raise ValueError(f"{part}.masker: '{name}' makes no {part} view")
     try:
         return cls, cls.Params.model_validate(spec)
-    except ValueError as exc:
-        raise ValueError(f"{part}: {exc}") from None
+    except ValidationError as exc:
+        reasons = "; ".join(f"{part}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                            for e in exc.errors())
+        raise ValueError(reasons) from None
 
 
 class Paired(Masker):
