@@ -44,8 +44,10 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, *, crop_scale: t
         return lo + (hi - lo) * torch.rand(shape or (b,), generator=generator, device=dev)
 
     area = u(*crop_scale)
-    ratio = torch.exp(u(math.log(aspect[0]), math.log(aspect[1])))
-    sx, sy = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+    # aspect ratio limited to [area, 1/area] so both sides fit and the area is exactly `area`
+    log_ratio = u(math.log(aspect[0]), math.log(aspect[1]))
+    ratio = torch.minimum(torch.maximum(log_ratio, area.log()), -area.log()).exp()
+    sx, sy = (area * ratio).sqrt(), (area / ratio).sqrt()
     tx, ty = u(-1, 1) * (1 - sx), u(-1, 1) * (1 - sy)
     angle = u(-max_rotation, max_rotation) * math.pi / 180
     flip = torch.where(u(0, 1) < hflip_prob, -1.0, 1.0)
