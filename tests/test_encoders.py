@@ -1,4 +1,4 @@
-"""Encoders: visible-patch encoding equals timm's masked-attention forward; text padding; tokenizer."""
+"""Encoders: visible-patch encoding vs timm's masked-attention forward; padding; tokenizer."""
 
 from __future__ import annotations
 

@@ -157,7 +157,8 @@ def test_paired_masker_validates_its_parts(write_recipe):
         views: {pair: {masker: paired, image: {masker: random_patches, ratio: 1.5}}}
         objectives: {itc: {weight: 1.0}}
     """)
-    with pytest.raises(RecipeError, match=r"views.pair: Value error, image.ratio: Input should be less than 1"):
+    with pytest.raises(RecipeError,
+                       match=r"views.pair: Value error, image.ratio: Input should be less than 1"):
         load_recipe(path)
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import vlp.core.model
-from vlp.cli import main, train_main
+from vlp.cli import train_main
 from vlp.core.errors import RecipeError
 from vlp.core.recipe import load_recipe
 
@@ -34,7 +34,8 @@ CASES = [
      "objectives.itc.image_view", "undefined image view 'masekd'", 5),
     ("view of wrong modality", GOOD.replace("{weight: 1.0}", "{weight: 1.0, text_view: masked}"),
      [], "objectives.itc.text_view", "view 'masked' has no text part", 5),
-    ("missing data path", GOOD + "data: {_replace_: true, source: manifest, path: no/such.csv}\n", [],
+    ("missing data path",
+     GOOD + "data: {_replace_: true, source: manifest, path: no/such.csv}\n", [],
      "data.path", "path does not exist: no/such.csv", 6),
     ("duplicate key", GOOD + "seed: 1\nseed: 2\n", [], "seed", "duplicate key", 7),
     ("unknown top-level key", GOOD + "optimiser: {lr: 0.1}\n", [],
@@ -87,7 +88,8 @@ def test_malformed_recipe_rejected(name, text, sets, key, reason, line, write_re
 
 
 def test_all_problems_reported_at_once(write_recipe):
-    text = GOOD.replace("{weight: 1.0}", "{weight: 1.0, temprature: 1}") + "trainer: {max_steps: -3}\n"
+    text = (GOOD.replace("{weight: 1.0}", "{weight: 1.0, temprature: 1}")
+            + "trainer: {max_steps: -3}\n")
     with pytest.raises(RecipeError) as err:
         load_recipe(write_recipe(text))
     keys = {p.key for p in err.value.problems}

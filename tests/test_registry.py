@@ -43,8 +43,8 @@ def test_third_party_plugin_trains(plugin_dirs, write_recipe, tmp_path):
     result = train(load_recipe(path), out=tmp_path / "run", evaluate=False)
     assert result.steps == 4
     assert "loss/uniformity" in result.last_metrics
-    from vlp_uniformity import uniformity_loss  # the fixture's function, vs a brute-force sum
     import torch
+    from vlp_uniformity import uniformity_loss  # the fixture's function, vs a brute-force sum
     x = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
     ref = torch.log(sum(torch.exp(-2 * (x[i] - x[j]).pow(2).sum())
                         for i in range(5) for j in range(5) if i != j) / 20)

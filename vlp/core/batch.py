@@ -17,7 +17,7 @@ class Batch:
     special_tokens_mask: torch.Tensor  # (B, T) bool, True for [CLS]/[SEP]/[PAD]
     word_ids: torch.Tensor  # (B, T) long, word index within the report
     sample_id: torch.Tensor  # (B,) long: same id = same study (never a negative of itself)
-    text_id: torch.Tensor  # (B,) long: hash of the report text (identical reports are not negatives)
+    text_id: torch.Tensor  # (B,) long: report text hash (identical reports are not negatives)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)

@@ -75,7 +75,8 @@ class VLPModel(nn.Module):
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings for retrieval (full images)."""
         enc = self.image_encoder
-        pooled = ImageFeatures(enc(pixels), enc.num_prefix_tokens, ImageView(pixels), enc.pool).pooled
+        features = ImageFeatures(enc(pixels), enc.num_prefix_tokens, ImageView(pixels), enc.pool)
+        pooled = features.pooled
         return nn.functional.normalize(self.image_proj(pooled), dim=-1)
 
     @torch.no_grad()

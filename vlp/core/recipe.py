@@ -39,7 +39,7 @@ class ViewSpec(BaseModel):
 
 
 class ObjectiveSpec(BaseModel):
-    """`{weight: w, use: plugin?, ...params}`; the entry's key names the plugin unless `use` does."""
+    """`{weight: w, use: plugin?, ...params}`; the key names the plugin unless `use` does."""
 
     model_config = ConfigDict(extra="allow")
     weight: float = Field(ge=0, allow_inf_nan=False)
@@ -262,7 +262,8 @@ def _check_view(key: str, view: str, modality: str, views: dict[str, ViewSpec],
     elif view in produces and modality not in produces[view]:
         problems.append(Problem(where_of(prov, key, source), key,
                                 f"view '{view}' has no {modality} part (its masker "
-                                f"'{views[view].masker}' makes {', '.join(sorted(produces[view]))})"))
+                                f"'{views[view].masker}' makes "
+                                f"{', '.join(sorted(produces[view]))})"))
 
 
 def validate(data: Any, prov: Provenance, source: str) -> Recipe:

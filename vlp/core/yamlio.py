@@ -113,7 +113,7 @@ def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Pr
         base_data, base_prov = load_with_bases(path.parent / base, (*_chain, path.resolve()))
         merged = deep_merge(merged, base_data)
         merged_prov.update(base_prov)
-    for key, value in prov.items():
+    for key in prov:
         if key.split(".")[-1] == REPLACE_KEY:  # drop the base's provenance under a replacement
             parent = key.rsplit(".", 1)[0]
             for stale in [k for k in merged_prov if k.startswith(parent + ".")]:

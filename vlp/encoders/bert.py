@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 

@@ -13,7 +13,6 @@ from vlp.maskers.base import Masker
 from vlp.plugins.base import Params
 
 if TYPE_CHECKING:
-    from vlp.core.batch import Batch
     from vlp.core.step import Step
 
 IGNORE = -100
@@ -98,16 +97,13 @@ class MLMTokens(Masker):
                 raise ValueError("mask_prob + random_prob must be at most 1")
             return self
 
-    def text_view(self, batch: Batch, generator: torch.Generator) -> TextView:
-        """The masked view of the batch's reports (also used by paired maskers)."""
-        p, ids = self.params, self.ctx.tokens
+    def __call__(self, step: Step) -> ViewOutput:
+        p, ids, batch = self.params, self.ctx.tokens, step.batch
         masked, labels = mask_tokens(batch.input_ids, batch.special_tokens_mask, batch.word_ids,
-                                     ids.mask, ids.vocab_size, p.ratio, generator,
+                                     ids.mask, ids.vocab_size, p.ratio, step.generator,
                                      whole_word=p.whole_word, mask_prob=p.mask_prob,
                                      random_prob=p.random_prob, random_low=ids.first_regular)
         positions, position_labels = prediction_positions(
-            labels, max_predictions_for(p.ratio, labels.shape[1]), generator)
-        return TextView(masked, batch.attention_mask, labels, positions, position_labels)
-
-    def __call__(self, step: Step) -> ViewOutput:
-        return ViewOutput(text=self.text_view(step.batch, step.generator))
+            labels, max_predictions_for(p.ratio, labels.shape[1]), step.generator)
+        return ViewOutput(text=TextView(masked, batch.attention_mask, labels, positions,
+                                        position_labels))

@@ -28,7 +28,8 @@ def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     gradient, "local loss"), which gives the exact global loss at O(B * N) memory.
     """
     all_image, all_text = D.gather_with_grad(image_emb), D.gather_with_grad(text_emb)
-    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + D.rank() * image_emb.shape[0]
+    n = image_emb.shape[0]
+    labels = torch.arange(n, device=image_emb.device) + D.rank() * n
     scale = logit_scale.exp()
     logits_i2t = scale * image_emb @ all_text.T
     logits_t2i = scale * text_emb @ all_image.T

@@ -1,4 +1,4 @@
-"""Masked language modelling on the report alone (uni-modal) or on image-conditioned text (fused)."""
+"""Masked language modelling on the report alone (uni-modal) or image-conditioned (fused)."""
 
 from __future__ import annotations
 

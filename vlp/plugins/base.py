@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """Base for plugin parameters: unknown keys are errors, values are validated, never coerced away."""
+    """Base for plugin parameters: unknown keys are errors and values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
