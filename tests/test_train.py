@@ -107,3 +107,26 @@ def test_manifest_bad_rows_are_counted_in_the_summary(write_recipe, tmp_path):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["skipped_rows"] == {"missing_image": 1, "empty_text": 1, "unreadable_image": 1}
     assert [r[1] for r in summary["bad_rows"]] == [41, 42, 43]
+
+
+def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
+    """The trainer itself under torchrun (gloo): both ranks step, rank 0 writes the run folder."""
+    import os
+    import subprocess
+    import sys
+
+    path = write_recipe("""
+        _base_: tiny_base.yaml
+        objectives: {itc: {weight: 1.0}}
+        trainer: {max_steps: 2, tensorboard: true}
+    """)
+    out = tmp_path / "ddp_run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29531", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in losses(out)] == [1, 2]
+    assert (out / "checkpoints" / "latest").read_text() == "step_0000002"
+    assert json.loads((out / "retrieval.json").read_text())["n"] == 16
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))

@@ -5,6 +5,7 @@ Errors name the file (and line), the dotted key and the reason, all problems at 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -114,6 +115,7 @@ class TrainerSpec(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     device: str = "auto"
     find_unused_parameters: bool = False
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
 
 
 class EvalSpec(_Strict):
@@ -339,6 +341,10 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                 key = f"data.{field_name}"
                 problems.append(Problem(where_of(prov, key, source), key,
                                         f"path does not exist: {value}"))
+    if spec.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        problems.append(Problem(where_of(prov, "trainer.tensorboard", source),
+                                "trainer.tensorboard", "tensorboard is not installed: "
+                                "pip install -e '.[tensorboard]'"))
     if spec.trainer.batch_size % spec.trainer.grad_accum:
         problems.append(Problem(where_of(prov, "trainer.batch_size", source),
                                 "trainer.batch_size", "must be divisible by trainer.grad_accum"))

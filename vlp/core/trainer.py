@@ -61,6 +61,13 @@ def _metrics_file(run_dir: Path, start: int):
     return path.open("a")
 
 
+def _tensorboard(run_dir: Path):
+    """A SummaryWriter under the run folder (the recipe check ensures tensorboard exists)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
           evaluate: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train `recipe`; `stop_after` ends early at that step with a checkpoint (for jobs with a
@@ -101,6 +108,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                           spec.data.num_workers, rank, world, pin=device.type == "cuda")
     names = list(model.objectives)
     log = _metrics_file(run_dir, start) if rank == 0 else None
+    board = _tensorboard(run_dir) if rank == 0 and tr.tensorboard else None
     bar = tqdm(total=tr.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(),
                dynamic_ncols=True, desc=recipe.name)
     sums: dict[str, torch.Tensor] = {}
@@ -159,6 +167,9 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
             if log is not None:
                 log.write(json.dumps(last) + "\n")
                 log.flush()
+            if board is not None:
+                for key, value in last.items():
+                    board.add_scalar(key, value, done)
             bar.set_postfix(loss=f"{values['loss']:.4f}",
                             samples_s=f"{last['samples_per_s']:.0f}")
             sums, tick, last_log = {}, time.perf_counter(), done
@@ -172,6 +183,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     save(done)
     if log is not None:
         log.close()
+    if board is not None:
+        board.close()
 
     retrieval = None
     if evaluate and rank == 0 and done >= tr.max_steps:
