@@ -14,7 +14,7 @@ from vlp.data.tokenize import TokenIds, load_tokenizer, train_tokenizer
 
 GLOBAL_BATCH = 8
 RECIPE = """
-data: {source: demo, train_size: 32, val_size: 8, image_size: 32, max_text_len: 40}
+data: {source: demo, train_size: 32, val_size: 16, image_size: 32, max_text_len: 40}
 model:
   image_encoder: {name: timm_vit, arch: vit_tiny_patch16_224, patch_size: 8, embed_dim: 32,
                   depth: 1, num_heads: 2}

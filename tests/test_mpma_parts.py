@@ -166,7 +166,7 @@ def test_uni_mlip_plus_mim_through_paired_masker_trains(tmp_path):
     """Parts of both recipes mixed in YAML alone: Uni-Mlip's objectives plus paired MIM."""
     (tmp_path / "mixed.yaml").write_text(f"""
 _base_: {REPO / 'recipes' / 'uni_mlip.yaml'}
-data: {{train_size: 32, val_size: 8, image_size: 32, max_text_len: 48}}
+data: {{train_size: 32, val_size: 16, image_size: 32, max_text_len: 48}}
 model:
   image_encoder: {{embed_dim: 32, depth: 1}}
   text_encoder: {{width: 32, layers: 1}}
@@ -192,7 +192,7 @@ trainer: {{max_steps: 2, batch_size: 8, log_every: 1}}
 def test_mpma_recipe_pass_counts(tmp_path):
     (tmp_path / "mpma_small.yaml").write_text(f"""
 _base_: {REPO / 'recipes' / 'mpma.yaml'}
-data: {{train_size: 32, val_size: 8, image_size: 32, max_text_len: 48}}
+data: {{train_size: 32, val_size: 16, image_size: 32, max_text_len: 48}}
 model:
   image_encoder: {{embed_dim: 32, depth: 1}}
   text_encoder: {{width: 32, layers: 1}}

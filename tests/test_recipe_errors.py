@@ -57,6 +57,18 @@ CASES = [
      "trainer.grad_accum", "objective 'itc' compares samples within the batch", None),
     ("nothing to train", GOOD.replace("weight: 1.0", "weight: 0"), [],
      "objectives", "no objective has a weight above 0", None),
+    ("MLM on an unmasked view", GOOD + "  mlm: {weight: 1, text_view: text}\n", [],
+     "objectives.mlm.text_view", "needs a masked text view; 'text' is built-in, unmasked", 6),
+    ("MIM on an augmented view",
+     GOOD.replace("views:\n", "views:\n  aug: {masker: augment}\n")
+     + "  mim: {weight: 1, image_view: aug}\n",
+     [], "objectives.mim.image_view", "'aug' is made by 'augment', which masks no image", 7),
+    ("held-out set smaller than k", GOOD + "eval: {ks: [1, 20]}\n", [],
+     "data.val_size", "16 is smaller than max(eval.ks) (20)", None),
+    ("batch larger than the data", GOOD + "trainer: {batch_size: 128}\n", [],
+     "data.train_size", "64 is smaller than trainer.batch_size (128)", None),
+    ("augment gamma of 0", GOOD.replace("random_patches, ratio: 0.5", "augment, gamma: [0, 1]"),
+     [], "views.masked.gamma.0", "greater than 0", 3),
 ]
 
 
@@ -85,6 +97,20 @@ def test_malformed_recipe_rejected(name, text, sets, key, reason, line, write_re
         assert f"{path}:{line}: " in err
     assert f": {key}: " in err if key else True
     assert reason in err
+
+
+@pytest.mark.parametrize("extra,key,reason", [
+    ("  itm: {weight: 1}\nmodel: {fusion: {name: cross_attention, heads: 3}}\n",
+     "model.fusion", "cannot be built: fusion width 32 must be divisible by heads 3"),
+    ("data: {image_size: 36}\n", "model.image_encoder",
+     "cannot be built: data.image_size 36 is not a multiple of the patch size 8"),
+])
+def test_parts_that_do_not_fit_fail_cleanly_before_training(extra, key, reason, write_recipe,
+                                                           capsys, tmp_path):
+    assert train_main([str(write_recipe(GOOD + extra)), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f": {key}: {reason}" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
 def test_all_problems_reported_at_once(write_recipe):

@@ -130,3 +130,67 @@ def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() == "step_0000002"
     assert json.loads((out / "retrieval.json").read_text())["n"] == 16
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_latest_picks_this_recipes_newest_run(tmp_path, monkeypatch, write_recipe):
+    from vlp.core.run import latest_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("clip-20250101-000000", "clip-20240101-000000", "clip-v2-20300101-000000",
+                 "clip_small-20300101-000000"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    recipe = load_recipe(write_recipe("_base_: tiny_base.yaml\nobjectives: {itc: {weight: 1}}\n",
+                                      "clip.yaml"))
+    assert latest_run_dir(recipe) == Path("runs") / "clip-20250101-000000"
+
+
+def test_resume_from_a_checkpoint_path_continues_that_run(recipe_path, tmp_path):
+    recipe = load_recipe(recipe_path)
+    train(recipe, out=tmp_path / "a", evaluate=False, stop_after=3)
+    (tmp_path / "a" / "metrics.jsonl").open("a").write('{"step": 4, "loss/it')  # cut by a crash
+    result = train(recipe, resume=str(tmp_path / "a" / "checkpoints" / "step_0000003"),
+                   evaluate=False)
+    assert result.run_dir == tmp_path / "a"
+    assert [r["step"] for r in losses(tmp_path / "a")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_another_model_is_a_clean_error(recipe_path, tmp_path, capsys):
+    from vlp.cli import train_main
+
+    train(load_recipe(recipe_path), out=tmp_path / "a", evaluate=False, stop_after=3)
+    before = (tmp_path / "a" / "recipe.yaml").read_text()
+    code = train_main([str(recipe_path), "--out", str(tmp_path / "a"), "--resume", "latest",
+                       "--set", "model.text_encoder.width=64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit this recipe's model" in err and "Traceback" not in err
+    assert (tmp_path / "a" / "recipe.yaml").read_text() == before  # the run folder is intact
+
+
+def test_checkpoints_are_pruned_by_age_and_resaved_atomically(tmp_path):
+    from vlp.core.checkpoint import resolve_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    for step in (400, 300, 300):  # resumed from an older checkpoint, then saved again
+        save_checkpoint(tmp_path, step, model, {}, keep=1)
+    assert resolve_checkpoint(tmp_path).name == "step_0000300"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest",
+                                                                            "step_0000300"]
+
+
+def test_temperature_is_clamped_after_the_step_and_keeps_its_gradient(recipe_path, tmp_path,
+                                                                      monkeypatch):
+    import math
+
+    from vlp.objectives.itc import ITC
+
+    seen = []
+    real = ITC.after_optimizer_step
+
+    def spy(self):
+        self.logit_scale.data.fill_(10.0)  # as if the optimiser overshot the cap
+        real(self)
+        seen.append(self.logit_scale.item())
+
+    monkeypatch.setattr(ITC, "after_optimizer_step", spy)
+    train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r", evaluate=False)
+    assert seen and all(v == pytest.approx(math.log(100.0)) for v in seen)

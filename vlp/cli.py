@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from vlp.core.errors import NonFiniteLoss, RecipeError
+from vlp.core.errors import RecipeError, UserError
 from vlp.core.recipe import load_recipe
 from vlp.plugins import KINDS, list_entries, summary_of
 
@@ -109,8 +109,8 @@ def _run(func, args: argparse.Namespace) -> int:
     try:
         return func(args)
     except RecipeError as exc:
-        print(f"error: {args.recipe if hasattr(args, 'recipe') else ''}: {exc}", file=sys.stderr)
-    except (DataError, FileNotFoundError, NonFiniteLoss) as exc:
+        print(f"error: {getattr(args, 'recipe', None) or args.run_dir}: {exc}", file=sys.stderr)
+    except (UserError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT
 

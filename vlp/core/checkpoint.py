@@ -16,10 +16,18 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from vlp.core.errors import CheckpointError
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -39,7 +47,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any],
                     keep: int = 2) -> Path:
-    """Write weights + state for `step`, point `latest` at it, keep the newest `keep`."""
+    """Write weights + state for `step`, point `latest` at it, keep the `keep` newest writes."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -48,11 +56,20 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     torch.save({"step": step, **state}, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _write_text_atomic(root / "latest", final.name)
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    for f in tmp.iterdir():
+        _fsync(f)
+    if final.exists():  # re-saving a step: swap, so a complete folder is always in place
+        old = root / f".old_step_{step:07d}"
         shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _write_text_atomic(root / "latest", final.name)
+    by_age = sorted(root.glob("step_*"), key=lambda p: p.stat().st_mtime_ns)
+    for stale in [p for p in by_age if p != final][: max(0, len(by_age) - keep)]:
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -60,18 +77,27 @@ def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
     """`latest`, a step folder name, or a path to a checkpoint folder."""
     if which != "latest":
         path = Path(which)
-        return path if path.is_dir() else Path(run_dir) / "checkpoints" / which
+        path = path if path.is_dir() else Path(run_dir) / "checkpoints" / which
+        if not (path / "model.safetensors").is_file():
+            raise CheckpointError(f"no checkpoint at {path}")
+        return path
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume in {run_dir} (no checkpoints/latest)")
+        raise CheckpointError(f"no checkpoint to resume in {run_dir} (no checkpoints/latest)")
     return pointer.parent / pointer.read_text().strip()
 
 
 def load_weights(model: nn.Module, ckpt: Path) -> None:
-    missing, unexpected = load_model(model, str(Path(ckpt) / "model.safetensors"), strict=False)
+    """Load safetensors weights; a checkpoint of another model is a CheckpointError."""
+    try:
+        missing, unexpected = load_model(model, str(Path(ckpt) / "model.safetensors"),
+                                         strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this recipe's model: "
+                              f"{str(exc).splitlines()[0]}") from None
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {missing}, "
-                           f"unexpected {unexpected}")
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this recipe's model: missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
 
 def load_state(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

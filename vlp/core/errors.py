@@ -17,7 +17,11 @@ class Problem:
         return f"{self.where}: {self.key or '<root>'}: {self.reason}"
 
 
-class RecipeError(Exception):
+class UserError(Exception):
+    """A mistake in input the user controls: the CLI prints it in one message, no traceback."""
+
+
+class RecipeError(UserError):
     """A recipe is invalid; raised before any model is built."""
 
     def __init__(self, problems: list[Problem]):
@@ -30,5 +34,9 @@ class RecipeError(Exception):
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
-class NonFiniteLoss(RuntimeError):
+class CheckpointError(UserError):
+    """A checkpoint is missing or does not fit the model of the recipe."""
+
+
+class NonFiniteLoss(UserError):
     """A loss became NaN or infinite; the run stopped and kept its last good checkpoint."""

@@ -7,16 +7,28 @@ loss is the recipe-weighted sum.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import nn
 
 from vlp.core.batch import Batch
 from vlp.core.context import BuildContext
-from vlp.core.features import ImageFeatures, TextFeatures
+from vlp.core.errors import Problem, RecipeError
 from vlp.core.recipe import Recipe
 from vlp.core.step import Step
-from vlp.core.views import ImageView, TextView
 from vlp.data.tokenize import TokenIds
+
+T = TypeVar("T")
+
+
+def _build(recipe: Recipe, key: str, make: Callable[[], T]) -> T:
+    """Build one part; sizes that do not fit together become a RecipeError naming the part."""
+    try:
+        return make()
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        raise RecipeError([Problem(recipe.source, key, f"cannot be built: {exc}")]) from None
 
 
 class VLPModel(nn.Module):
@@ -24,15 +36,17 @@ class VLPModel(nn.Module):
         super().__init__()
         spec = recipe.spec
         ie, te = recipe.image_encoder, recipe.text_encoder
-        self.image_encoder = ie.cls(ie.params, image_size=spec.data.image_size,
-                                    in_chans=spec.data.channels)
-        self.text_encoder = te.cls(te.params, vocab_size=tokens.vocab_size, pad_id=tokens.pad,
-                                   max_len=spec.data.max_text_len)
+        self.image_encoder = _build(recipe, "model.image_encoder", lambda: ie.cls(
+            ie.params, image_size=spec.data.image_size, in_chans=spec.data.channels))
+        self.text_encoder = _build(recipe, "model.text_encoder", lambda: te.cls(
+            te.params, vocab_size=tokens.vocab_size, pad_id=tokens.pad,
+            max_len=spec.data.max_text_len))
         needs_fusion = any(r.cls.needs(r.params).fusion for r in recipe.objectives.values())
         self.fusion = None
-        if recipe.fusion is not None and needs_fusion:  # built only if some objective reads it
-            self.fusion = recipe.fusion.cls(recipe.fusion.params, self.image_encoder.width,
-                                            self.text_encoder.width)
+        fusion = recipe.fusion
+        if fusion is not None and needs_fusion:  # built only if some objective reads it
+            self.fusion = _build(recipe, "model.fusion", lambda: fusion.cls(
+                fusion.params, self.image_encoder.width, self.text_encoder.width))
         self.image_proj = nn.Linear(self.image_encoder.width, spec.model.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text_encoder.width, spec.model.embed_dim, bias=False)
         self.ctx = BuildContext(
@@ -43,9 +57,11 @@ class VLPModel(nn.Module):
             num_prefix_tokens=self.image_encoder.num_prefix_tokens,
             channels=spec.data.channels, image_size=spec.data.image_size,
             max_text_len=spec.data.max_text_len, tokens=tokens)
-        self.maskers = {name: r.cls(r.params, self.ctx) for name, r in recipe.views.items()}
+        self.maskers = {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
+                        for name, r in recipe.views.items()}
         self.objectives = nn.ModuleDict(
-            {name: r.cls(r.params, self.ctx) for name, r in recipe.objectives.items()})
+            {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
+             for name, r in recipe.objectives.items()})
         self.weights = {name: r.weight for name, r in recipe.objectives.items()}
 
     def no_weight_decay(self) -> set[str]:
@@ -70,19 +86,3 @@ class VLPModel(nn.Module):
             for key, value in out.metrics.items():
                 metrics[f"{name}/{key}"] = value.detach().float()
         return total, metrics, step.pass_counts()
-
-    @torch.no_grad()
-    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised image embeddings for retrieval (full images)."""
-        enc = self.image_encoder
-        features = ImageFeatures(enc(pixels), enc.num_prefix_tokens, ImageView(pixels), enc.pool)
-        pooled = features.pooled
-        return nn.functional.normalize(self.image_proj(pooled), dim=-1)
-
-    @torch.no_grad()
-    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Normalised text embeddings for retrieval (full reports)."""
-        enc = self.text_encoder
-        pooled = TextFeatures(enc(input_ids, attention_mask), TextView(input_ids, attention_mask),
-                              enc.pool).pooled
-        return nn.functional.normalize(self.text_proj(pooled), dim=-1)

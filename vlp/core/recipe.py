@@ -120,7 +120,7 @@ class TrainerSpec(_Strict):
 
 class EvalSpec(_Strict):
     batch_size: int = Field(256, gt=0)
-    ks: tuple[int, ...] = (1, 5, 10)
+    ks: tuple[Annotated[int, Field(ge=1)], ...] = (1, 5, 10)
 
 
 class RecipeSpec(_Strict):
@@ -252,8 +252,16 @@ def _resolve(kind: str, key: str, plugin: str, raw: dict[str, Any], prov: Proven
 
 
 def _check_view(key: str, view: str, modality: str, views: dict[str, ViewSpec],
-                produces: dict[str, frozenset[str]], prov: Provenance, source: str,
-                problems: list[Problem]) -> None:
+                resolved: dict[str, Resolved], prov: Provenance, source: str,
+                problems: list[Problem], masked: bool = False) -> None:
+    produces = {n: r.cls.produces for n, r in resolved.items()}
+    if masked and (view in BUILTIN_VIEWS or (view in resolved
+                                              and modality not in resolved[view].cls.masks)):
+        kind = "built-in, unmasked" if view in BUILTIN_VIEWS else \
+            f"made by '{views[view].masker}', which masks no {modality}"
+        problems.append(Problem(where_of(prov, key, source), key,
+                                f"needs a masked {modality} view; '{view}' is {kind}"))
+        return
     if view == modality:
         return
     if view in BUILTIN_VIEWS or view not in views:
@@ -300,7 +308,6 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                      ("masker",), problems)
         if r is not None:
             views[name] = r
-    produces = {n: r.cls.produces for n, r in views.items()}
 
     objectives: dict[str, Resolved] = {}
     for name, os_ in spec.objectives.items():
@@ -313,12 +320,10 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
             continue
         objectives[name] = r
         needs = r.cls.needs(r.params)
-        for param, view in needs.image_views.items():
-            _check_view(f"{key}.{param}", view, "image", spec.views, produces, prov, source,
-                        problems)
-        for param, view in needs.text_views.items():
-            _check_view(f"{key}.{param}", view, "text", spec.views, produces, prov, source,
-                        problems)
+        for modality, named in (("image", needs.image_views), ("text", needs.text_views)):
+            for param, view in named.items():
+                _check_view(f"{key}.{param}", view, modality, spec.views, views, prov, source,
+                            problems, masked=param in needs.masked)
         if needs.fusion and spec.model.fusion is None:
             problems.append(Problem(where_of(prov, key, source), key,
                                     "reads fused image-text features but the recipe has no "
@@ -341,6 +346,13 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                 key = f"data.{field_name}"
                 problems.append(Problem(where_of(prov, key, source), key,
                                         f"path does not exist: {value}"))
+    if isinstance(data_spec, DemoData):
+        for key, size, need in (("data.train_size", data_spec.train_size, spec.trainer.batch_size),
+                                ("data.val_size", data_spec.val_size, max(spec.eval.ks))):
+            if size < need:
+                what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
+                problems.append(Problem(where_of(prov, key, source), key,
+                                        f"{size} is smaller than {what} ({need})"))
     if spec.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
         problems.append(Problem(where_of(prov, "trainer.tensorboard", source),
                                 "trainer.tensorboard", "tensorboard is not installed: "

@@ -5,6 +5,7 @@ Training and `vlp eval` both start from here, so an evaluated run is rebuilt exa
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,13 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{stamp[0]}"
 
 
+RUN_STAMP = re.compile(r"-\d{8}-\d{6}$")
+
+
 def latest_run_dir(recipe: Recipe) -> Path:
-    runs = sorted(Path("runs").glob(f"{recipe.name}-*"))
+    """The newest runs/<recipe>-<YYYYmmdd-HHMMSS> of exactly this recipe name."""
+    runs = sorted(p for p in Path("runs").glob(f"{recipe.name}-*")
+                  if RUN_STAMP.sub("", p.name) == recipe.name)
     if not runs:
         raise FileNotFoundError(f"no earlier run of '{recipe.name}' under runs/ to resume; "
                                 "pass --out RUN_DIR")
@@ -88,9 +94,9 @@ def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_datasets(recipe.spec.data)
     tokenizer = _tokenizer(recipe, run_dir, data.train_texts)
-    if D.rank() == 0:
-        text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-        (run_dir / "recipe.yaml").write_text(text)
+    saved = run_dir / "recipe.yaml"
+    if D.rank() == 0 and not saved.exists():  # a run keeps the recipe it started with
+        saved.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     model = VLPModel(recipe, TokenIds.of(tokenizer)).to(device)
     return Run(recipe, run_dir, device, data, tokenizer, model)
 

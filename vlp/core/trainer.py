@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -51,14 +52,34 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # e.g. a line cut short by a crash
+        return None
+
+
 def _metrics_file(run_dir: Path, start: int):
-    """Open metrics.jsonl for appending, dropping lines past the resumed step."""
+    """Open metrics.jsonl for appending, dropping lines past the resumed step (or broken)."""
     path = run_dir / "metrics.jsonl"
     if path.exists():
         kept = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= start]
+                if (s := _logged_step(ln)) is not None and s <= start]
         path.write_text("".join(ln + "\n" for ln in kept))
     return path.open("a")
+
+
+def _run_dir(recipe: Recipe, out: Path | None, resume: str | None) -> Path:
+    """--out if given; else the run a checkpoint path belongs to; else latest or a new one."""
+    if out:
+        return Path(out)
+    if resume and resume != "latest":
+        ckpt = Path(resume)
+        if ckpt.parent.name == "checkpoints":
+            return ckpt.parent.parent
+        raise FileNotFoundError(f"--resume {resume}: pass --out RUN_DIR, or a path "
+                                "RUN_DIR/checkpoints/step_N")
+    return latest_run_dir(recipe) if resume else default_run_dir(recipe)
 
 
 def _tensorboard(run_dir: Path):
@@ -77,13 +98,12 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     D.init_from_env(device.type)
     rank, world = D.rank(), D.world_size()
     if device.type == "cuda":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
     if tr.batch_size % (world * tr.grad_accum):
         raise ValueError(f"trainer.batch_size {tr.batch_size} must be divisible by "
                          f"world size {world} x grad_accum {tr.grad_accum}")
-    run_dir = Path(out) if out else (latest_run_dir(recipe) if resume else
-                                     default_run_dir(recipe))
+    run_dir = _run_dir(recipe, out, resume)
     torch.manual_seed(spec.seed + rank)
     run = build_run(recipe, run_dir, device)
     model = run.model
@@ -137,6 +157,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
         batch = batch.to(device)
         generator = step_generator(device, spec.seed, step)
         micro = batch.image.shape[0] // tr.grad_accum
+        step_metrics: dict[str, torch.Tensor] = {}
         for i in range(tr.grad_accum):
             part = batch if tr.grad_accum == 1 else type(batch)(
                 **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
@@ -145,23 +166,31 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                     _autocast(device, tr.precision):
                 loss, metrics, passes = ddp(part, generator)
             (loss / tr.grad_accum).backward()
+            for key, value in {"loss": loss.detach(), **metrics}.items():  # micro-batch mean
+                step_metrics[key] = step_metrics.get(key, 0) + value / tr.grad_accum
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
                      if tr.grad_clip > 0 else torch.zeros((), device=device))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        for objective in model.objectives.values():
+            objective.after_optimizer_step()
 
-        losses = torch.stack([metrics[f"loss/{n}"] for n in names])
+        losses = torch.stack([step_metrics[f"loss/{n}"] for n in names])
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses),
                                 torch.full_like(first_bad, step), first_bad)
-        for key, value in {"loss": loss.detach(), "grad_norm": grad_norm, **metrics}.items():
+        for key, value in {**step_metrics, "grad_norm": grad_norm}.items():
             sums[key] = sums.get(key, 0) + value
         done = step + 1
         if done % tr.log_every == 0 or done == end:
             check_finite(done)
             elapsed = time.perf_counter() - tick
             n = done - last_log
-            values = dict(zip(sums, (torch.stack(list(sums.values())) / n).tolist()))
+            means = torch.stack(list(sums.values())) / n
+            if D.is_distributed():  # one collective per log line: the mean over ranks
+                torch.distributed.all_reduce(means)
+                means /= world
+            values = dict(zip(sums, means.tolist()))
             last = {"step": done, "lr": scheduler.get_last_lr()[0], **values,
                     "samples_per_s": n * tr.batch_size / elapsed, **passes}
             if log is not None:

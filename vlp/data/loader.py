@@ -16,6 +16,7 @@ from vlp.core.recipe import DemoData, ManifestData
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.manifest import ManifestDataset, split_indices
+from vlp.data.sample import DataError
 
 
 @dataclass
@@ -67,18 +68,24 @@ class StepBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, global_batch: int, seed: int, start: int, total: int,
                  rank: int = 0, world: int = 1):
         if global_batch > n:
-            raise ValueError(f"batch_size {global_batch} exceeds the training set ({n} pairs)")
+            raise DataError(f"trainer.batch_size {global_batch} exceeds the training set "
+                            f"({n} usable pairs)")
         self.n, self.batch, self.seed = n, global_batch, seed
         self.start, self.total, self.rank, self.world = start, total, rank, world
         self.per_epoch = n // global_batch
         self.local = global_batch // world
 
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's order, computed once per epoch."""
+        if getattr(self, "_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm
+
     def indices(self, step: int) -> list[int]:
         epoch, within = divmod(step, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
         begin = within * self.batch + self.rank * self.local
-        return perm[begin: begin + self.local].tolist()
+        return self.permutation(epoch)[begin: begin + self.local].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.total):

@@ -56,12 +56,12 @@ class _BadRow(Exception):
 
 
 def stable_id(value: object) -> int:
-    """Integers (and canonical decimal strings, as CSV cells hold them) are kept as is; any
-    other value maps to a stable 63-bit int: the first 8 bytes of blake2b of its text."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """Integers in [0, 2**63) (and their canonical decimal strings, as CSV cells hold them) are
+    kept as is; any other value maps to a stable 63-bit int: 8 bytes of blake2b of its text."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63:
         return value
     text = str(value)
-    if text.isascii() and text.isdigit() and str(int(text)) == text:
+    if text.isascii() and text.isdigit() and str(int(text)) == text and int(text) < 1 << 63:
         return int(text)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & ((1 << 63) - 1)

@@ -14,13 +14,6 @@ def patchify(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
     return rearrange(pixels, "b c (h p) (w q) -> b (h w) (p q c)", p=patch_size, q=patch_size)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int, grid: tuple[int, int]
-               ) -> torch.Tensor:
-    """Inverse of `patchify`."""
-    return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=grid[0], w=grid[1],
-                     p=patch_size, q=patch_size, c=channels)
-
-
 class ImageEncoder(nn.Module, Plugin):
     """Image tokens from pixels; with `ids_keep`, only those patches are encoded (MAE/FLIP)."""
 

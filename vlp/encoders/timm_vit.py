@@ -61,6 +61,9 @@ class TimmViT(ImageEncoder):
         self.vit = vit
         self.width = vit.embed_dim
         self.patch_size = vit.patch_embed.patch_size[0]
+        if image_size % self.patch_size:  # timm would silently drop the border pixels
+            raise ValueError(f"data.image_size {image_size} is not a multiple of the patch "
+                             f"size {self.patch_size}")
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool = params.pool

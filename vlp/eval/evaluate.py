@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlp.core.model import VLPModel
+from vlp.core.step import Step
 from vlp.data.collate import Collator
 from vlp.data.loader import eval_loader
 from vlp.eval.retrieval import retrieval_metrics
@@ -22,9 +23,9 @@ def retrieval_eval(model: VLPModel, dataset: Dataset, collate: Collator, device:
     model.eval()
     images, texts = [], []
     for batch in eval_loader(dataset, collate, batch_size, num_workers):
-        batch = batch.to(device)
-        images.append(model.embed_images(batch.image).float())
-        texts.append(model.embed_texts(batch.input_ids, batch.attention_mask).float())
+        step = Step(model, batch.to(device), torch.Generator(device))  # the training path
+        images.append(step.image_embedding("image").float())
+        texts.append(step.text_embedding("text").float())
     model.train(was_training)
     return retrieval_metrics(torch.cat(images), torch.cat(texts), ks)
 

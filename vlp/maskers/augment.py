@@ -8,7 +8,7 @@ reports speak of left and right. Natural: SimSiam's ImageNet-style strong augmen
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +77,13 @@ class Augment(Masker):
 
     class Params(Params):
         policy: Literal["medical", "natural"] = "medical"
-        crop_scale: tuple[float, float] | None = None  # None: the policy's value
+        crop_scale: tuple[Annotated[float, Field(gt=0, le=1)],
+                          Annotated[float, Field(gt=0, le=1)]] | None = None  # None: policy's
         max_rotation: float | None = Field(None, ge=0, le=180)
         hflip_prob: float | None = Field(None, ge=0, le=1)
         brightness: float | None = Field(None, ge=0, lt=1)
         contrast: float | None = Field(None, ge=0, lt=1)
-        gamma: tuple[float, float] | None = None
+        gamma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
         color_jitter: float | None = Field(None, ge=0, lt=1)
         grayscale_prob: float | None = Field(None, ge=0, le=1)
 

@@ -18,6 +18,8 @@ class Masker(Plugin):
 
     #: which parts the view has: {"image"}, {"text"} or both
     produces: ClassVar[frozenset[str]] = frozenset()
+    #: which of those parts are masked (carry kept indices / token labels), for MIM and MLM
+    masks: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: Params, ctx: BuildContext):
         self.params = params

@@ -84,6 +84,7 @@ class MLMTokens(Masker):
     """Mask report tokens for MLM: whole words, 80% [MASK] / 10% random / 10% unchanged."""
 
     produces = frozenset({"text"})
+    masks = frozenset({"text"})
 
     class Params(Params):
         ratio: float = Field(0.15, gt=0, lt=1)

@@ -45,6 +45,7 @@ class Paired(Masker):
     """Mask a sample's image patches and report tokens together (paired masking)."""
 
     produces = frozenset({"image", "text"})
+    masks = frozenset({"image", "text"})
 
     class Params(Params):
         image: dict[str, Any] = {"masker": "random_patches", "ratio": 0.75}

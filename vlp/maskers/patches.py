@@ -37,6 +37,7 @@ class RandomPatches(Masker):
     """Mask a fixed ratio of image patches uniformly at random (MAE/FLIP)."""
 
     produces = frozenset({"image"})
+    masks = frozenset({"image"})
 
     class Params(Params):
         ratio: float = Field(0.5, gt=0, lt=1)
@@ -94,6 +95,7 @@ class BlockPatches(Masker):
     """Mask rectangular blocks of patches (BEiT block-wise masking) at a fixed ratio."""
 
     produces = frozenset({"image"})
+    masks = frozenset({"image"})
 
     class Params(Params):
         ratio: float = Field(0.4, gt=0, lt=1)

@@ -20,12 +20,14 @@ class Needs:
     """What an objective reads, declared before anything is built so a recipe can be checked.
 
     `image_views`/`text_views` map a parameter name to the view it names; `fusion` says the
-    objective reads fused features (so the recipe must define `model.fusion`).
+    objective reads fused features (so the recipe must define `model.fusion`); `masked` names
+    the parameters whose view must be masked (MIM, MLM).
     """
 
     image_views: dict[str, str] = field(default_factory=dict)
     text_views: dict[str, str] = field(default_factory=dict)
     fusion: bool = False
+    masked: frozenset[str] = frozenset()  # parameter names whose view must be a masked one
 
 
 @dataclass
@@ -54,3 +56,7 @@ class Objective(nn.Module, Plugin):
 
     def forward(self, step: Step) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Called after each optimiser step, e.g. to clamp a learnable temperature in place."""

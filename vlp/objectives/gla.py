@@ -13,7 +13,7 @@ from torch import nn
 
 from vlp.core import distributed as D
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
-from vlp.objectives.itc import itc_loss
+from vlp.objectives.itc import itc_loss, symmetric_cross_entropy
 from vlp.plugins.base import Params
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ def filip_scores(words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Te
     """
     sim = torch.einsum("ike,jte->ijkt", patches, words)  # (Bi, Bt, K, T)
     masked = sim.masked_fill(~word_mask[None, :, None, :], float("-inf"))
-    image_to_text = masked.max(dim=3).values.mean(dim=2)  # (Bi, Bt)
+    has_words = word_mask.any(1)[None, :]  # a report with no words scores 0
+    image_to_text = torch.where(has_words, masked.max(dim=3).values.mean(dim=2), 0.0)
     best_patch = sim.max(dim=2).values  # (Bi, Bt, T)
     text_to_image = _masked_mean(best_patch, word_mask[None], dim=2).T  # (Bt, Bi)
     return image_to_text, text_to_image
@@ -50,16 +51,8 @@ def gloria_scores(words: torch.Tensor, word_mask: torch.Tensor, patches: torch.T
     region = F.normalize(torch.einsum("ijtk,ike->ijte", attn, patches), dim=-1)
     word_score = (region * words[None]).sum(-1)  # (Bi, Bt, T)
     word_score = word_score.masked_fill(~word_mask[None], float("-inf"))
-    return torch.logsumexp(agg_temperature * word_score, dim=-1) / agg_temperature
-
-
-def local_contrastive_loss(i2t: torch.Tensor, t2i: torch.Tensor, logit_scale: torch.Tensor
-                           ) -> torch.Tensor:
-    """Symmetric cross-entropy over local scores; row r's positive is column r + rank offset."""
-    labels = torch.arange(i2t.shape[0], device=i2t.device) + D.rank() * i2t.shape[0]
-    scale = logit_scale.exp()
-    return (F.cross_entropy(scale * i2t.float(), labels)
-            + F.cross_entropy(scale * t2i.float(), labels)) / 2
+    score = torch.logsumexp(agg_temperature * word_score, dim=-1) / agg_temperature
+    return torch.where(word_mask.any(1)[None, :], score, 0.0)  # a report with no words: 0
 
 
 class GLA(Objective):
@@ -91,11 +84,15 @@ class GLA(Objective):
         return Needs(image_views={"image_view": params.image_view},
                      text_views={"text_view": params.text_view})
 
-    def forward(self, step: Step) -> ObjectiveOutput:
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        cap = math.log(self.params.max_logit_scale)
+        self.global_scale.clamp_(0, cap)
+        self.local_scale.clamp_(0, cap)
+
+    def local_loss(self, step: Step) -> torch.Tensor:
+        """Contrastive loss over token-to-patch scores, negatives from every rank."""
         p = self.params
-        cap = math.log(p.max_logit_scale)
-        global_loss = itc_loss(step.image_embedding(p.image_view),
-                               step.text_embedding(p.text_view), self.global_scale.clamp(max=cap))
         text = step.text(p.text_view)
         words = F.normalize(self.word_proj(text.tokens), dim=-1)
         word_mask = text.mask & ~step.batch.special_tokens_mask  # no [CLS]/[SEP]/padding
@@ -110,7 +107,16 @@ class GLA(Objective):
                                 p.agg_temperature)
             t2i = gloria_scores(words, word_mask, all_patches, p.attn_temperature,
                                 p.agg_temperature).T
-        local_loss = local_contrastive_loss(i2t, t2i, self.local_scale.clamp(max=cap))
+        scale = self.local_scale.exp()
+        return symmetric_cross_entropy(scale * i2t, scale * t2i)
+
+    def forward(self, step: Step) -> ObjectiveOutput:
+        p = self.params
+        zero = step.batch.image.new_zeros(())
+        global_loss = (itc_loss(step.image_embedding(p.image_view),
+                                step.text_embedding(p.text_view), self.global_scale)
+                       if p.global_weight > 0 else zero)  # a part weighted 0 is not computed
+        local_loss = self.local_loss(step) if p.local_weight > 0 else zero
         loss = p.global_weight * global_loss + p.local_weight * local_loss
         return ObjectiveOutput(loss, {"global": global_loss.detach(),
                                       "local": local_loss.detach()})

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
     from vlp.core.step import Step
 
 
+def symmetric_cross_entropy(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor
+                            ) -> torch.Tensor:
+    """Mean of both directions' cross-entropy; local row r's positive is global column
+    r + rank * rows (identity without a process group)."""
+    n = logits_i2t.shape[0]
+    labels = torch.arange(n, device=logits_i2t.device) + D.rank() * n
+    return (F.cross_entropy(logits_i2t.float(), labels)
+            + F.cross_entropy(logits_t2i.float(), labels)) / 2
+
+
 def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
              logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over all pairs of the (global) batch; row i of each input is a pair.
@@ -28,13 +38,8 @@ def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     gradient, "local loss"), which gives the exact global loss at O(B * N) memory.
     """
     all_image, all_text = D.gather_with_grad(image_emb), D.gather_with_grad(text_emb)
-    n = image_emb.shape[0]
-    labels = torch.arange(n, device=image_emb.device) + D.rank() * n
     scale = logit_scale.exp()
-    logits_i2t = scale * image_emb @ all_text.T
-    logits_t2i = scale * text_emb @ all_image.T
-    return (F.cross_entropy(logits_i2t.float(), labels)
-            + F.cross_entropy(logits_t2i.float(), labels)) / 2
+    return symmetric_cross_entropy(scale * image_emb @ all_text.T, scale * text_emb @ all_image.T)
 
 
 class ITC(Objective):
@@ -57,8 +62,12 @@ class ITC(Objective):
         return Needs(image_views={"image_view": params.image_view},
                      text_views={"text_view": params.text_view})
 
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        # clamp the parameter itself (CLIP): a clamp in forward would zero its gradient for good
+        self.logit_scale.clamp_(0, math.log(self.params.max_logit_scale))
+
     def forward(self, step: Step) -> ObjectiveOutput:
-        scale = self.logit_scale.clamp(max=math.log(self.params.max_logit_scale))
         loss = itc_loss(step.image_embedding(self.params.image_view),
-                        step.text_embedding(self.params.text_view), scale)
-        return ObjectiveOutput(loss, {"temperature": (-scale).exp().detach()})
+                        step.text_embedding(self.params.text_view), self.logit_scale)
+        return ObjectiveOutput(loss, {"temperature": (-self.logit_scale).exp().detach()})

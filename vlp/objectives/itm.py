@@ -84,15 +84,17 @@ class ITM(Objective):
             return D.gather_with_grad(x) if grad else D.gather_no_grad(x)
 
         img, txt = step.image(p.image_view), step.text(p.text_view)
-        image_emb = step.image_embedding(p.image_view).detach()
-        text_emb = step.text_embedding(p.text_view).detach()
         ids = (step.batch.sample_id, step.batch.text_id)
         exclude = same_pair_mask(ids, tuple(cands(i) for i in ids))
         hard = p.negatives == "hard"
-        neg_text = sample_negatives(image_emb @ cands(text_emb).T, exclude, step.generator, hard,
-                                    p.temperature)
-        neg_image = sample_negatives(text_emb @ cands(image_emb).T, exclude, step.generator,
-                                     hard, p.temperature)
+        if hard:  # similarities of the shared ITC embeddings, no gradient
+            image_emb = step.image_embedding(p.image_view).detach()
+            text_emb = step.text_embedding(p.text_view).detach()
+            sim_i2t, sim_t2i = image_emb @ cands(text_emb).T, text_emb @ cands(image_emb).T
+        else:
+            sim_i2t = sim_t2i = torch.zeros(exclude.shape, device=exclude.device)
+        neg_text = sample_negatives(sim_i2t, exclude, step.generator, hard, p.temperature)
+        neg_image = sample_negatives(sim_t2i, exclude, step.generator, hard, p.temperature)
         matched = torch.cat([torch.ones_like(neg_text, dtype=torch.bool),
                              exclude.gather(1, neg_text[:, None]).squeeze(1),
                              exclude.gather(1, neg_image[:, None]).squeeze(1)]).long()

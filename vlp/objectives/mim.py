@@ -56,7 +56,8 @@ class MIM(Objective):
         image_view: str  # a masked image view (random_patches, block_patches or paired)
         source: Literal["encoder", "fusion"] = "encoder"
         text_view: str = "text"  # the report the fusion reads, when source is fusion
-        fusion_layer: int = -1  # which fusion layer's image stream (-1: the fusion's output)
+        fusion_layer: int = -1  # which fusion layer's image stream (-1: the fusion's output;
+        # report-aware only with a bidirectional fusion, which updates the image per layer)
         decoder_width: int = Field(128, gt=0)
         decoder_depth: int = Field(2, gt=0)
         decoder_heads: int = Field(4, gt=0)
@@ -86,7 +87,8 @@ class MIM(Objective):
     def needs(cls, params: Params) -> Needs:
         fused = params.source == "fusion"
         return Needs(image_views={"image_view": params.image_view},
-                     text_views={"text_view": params.text_view} if fused else {}, fusion=fused)
+                     text_views={"text_view": params.text_view} if fused else {}, fusion=fused,
+                     masked=frozenset({"image_view"}))
 
     def image_tokens(self, step: Step) -> tuple[torch.Tensor, int]:
         """(prefix + kept patch tokens, number of prefix tokens) from the chosen source."""
@@ -95,8 +97,13 @@ class MIM(Objective):
         if p.source == "encoder":
             return features.tokens, features.num_prefix
         fused = step.fused(p.image_view, p.text_view)
-        tokens = fused.image if p.fusion_layer == -1 else fused.image_layers[p.fusion_layer]
-        return tokens, features.num_prefix
+        if p.fusion_layer == -1:
+            return fused.image, features.num_prefix
+        if not -len(fused.image_layers) <= p.fusion_layer < len(fused.image_layers):
+            raise ValueError(f"fusion_layer {p.fusion_layer}: the fusion exposes "
+                             f"{len(fused.image_layers)} image layers (only a bidirectional "
+                             "fusion updates the image stream per layer)")
+        return fused.image_layers[p.fusion_layer], features.num_prefix
 
     def forward(self, step: Step) -> ObjectiveOutput:
         view = step.image_view(self.params.image_view)
