@@ -122,8 +122,8 @@ def test_patch_masker_plugins_make_image_views():
     pixels = torch.rand(3, 1, 32, 32)
     step = SimpleNamespace(batch=SimpleNamespace(image=pixels), generator=gen(0))
     ctx = SimpleNamespace(num_patches=16, grid_size=(4, 4))
-    random_view = RandomPatches(RandomPatches.Params(ratio=0.5), ctx)(step).image
-    block_view = BlockPatches(BlockPatches.Params(ratio=0.25), ctx)(step).image
+    random_view = RandomPatches(RandomPatches.Params(ratio=0.5), ctx)(step, gen(0)).image
+    block_view = BlockPatches(BlockPatches.Params(ratio=0.25), ctx)(step, gen(0)).image
     assert random_view.pixels is pixels and block_view.pixels is pixels
     check_keep_and_mask(random_view.ids_keep, random_view.mask, 8)
     check_keep_and_mask(block_view.ids_keep, block_view.mask, 4)
@@ -210,7 +210,7 @@ def test_augment_settings_merge_policy_with_overrides():
 def test_augment_plugin_makes_an_augmented_view():
     x = left_bright(4)
     step = SimpleNamespace(batch=SimpleNamespace(image=x), generator=gen(0))
-    view = Augment(Augment.Params(max_rotation=0.0), ctx=None)(step).image
+    view = Augment(Augment.Params(max_rotation=0.0), ctx=None)(step, step.generator).image
     assert view.pixels.shape == x.shape
     assert view.ids_keep is None and view.mask is None
     expected = augment_images(x, gen(0), **{**MEDICAL, "max_rotation": 0.0})

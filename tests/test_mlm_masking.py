@@ -243,7 +243,7 @@ def test_mlm_tokens_masker_builds_a_consistent_text_view():
     masker = MLMTokens(MLMTokens.Params(), SimpleNamespace(tokens=tokens))
     batch = SimpleNamespace(input_ids=ids, special_tokens_mask=special, word_ids=word_ids,
                             attention_mask=ids != PAD)
-    view = masker(SimpleNamespace(batch=batch, generator=gen(0))).text
+    view = masker(SimpleNamespace(batch=batch), gen(0)).text
     selected = view.labels != IGNORE
     assert selected.any()
     assert torch.equal(view.labels[selected], ids[selected])

@@ -87,3 +87,28 @@ def test_weight_zero_removes_only_its_passes(tokenizer, off, gone):
     for key in gone:
         assert key in full and key not in less
     assert set(less) < set(full)
+
+
+def test_a_views_masks_do_not_depend_on_other_views(write_recipe, tokenizer):
+    """Each view draws from its own stream, so switching an objective off (its view never
+    drawn) leaves the other views' masks unchanged: ablations compare like with like."""
+    from vlp.core.step import Step
+
+    recipe = load_recipe(write_recipe("""
+        _base_: tiny_base.yaml
+        views:
+          a: {masker: random_patches, ratio: 0.5}
+          b: {masker: block_patches, ratio: 0.5}
+        objectives:
+          itc_a: {use: itc, weight: 1.0, image_view: a}
+          itc_b: {use: itc, weight: 1.0, image_view: b}
+    """))
+    model = VLPModel(recipe, TokenIds.of(tokenizer))
+    data = DemoDataset(8, image_size=32)
+    batch = Collator(tokenizer, 48)([data[i] for i in range(8)])
+    both = Step(model, batch, torch.Generator().manual_seed(3))
+    both.image_view("b")
+    only_a = Step(model, batch, torch.Generator().manual_seed(3))
+    assert torch.equal(both.image_view("a").ids_keep, only_a.image_view("a").ids_keep)
+    other_step = Step(model, batch, torch.Generator().manual_seed(4))
+    assert not torch.equal(other_step.image_view("a").ids_keep, only_a.image_view("a").ids_keep)

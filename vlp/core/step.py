@@ -7,6 +7,7 @@ plain Python ints (no host sync) and go into the step's metrics.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,12 @@ class Step:
             self._memo[key] = compute()
         return self._memo[key]
 
+    def generator_for(self, name: str) -> torch.Generator:
+        """An independent random stream per view (or sampler) for this step: switching one
+        objective off leaves every other view's masks unchanged, so ablations compare alike."""
+        seed = (self.generator.initial_seed() * 1_000_003 + zlib.crc32(name.encode())) % (1 << 63)
+        return torch.Generator(self.batch.image.device).manual_seed(seed)
+
     # views -------------------------------------------------------------------------------
     def view(self, name: str) -> ViewOutput:
         """The view `name`: the built-ins 'image' and 'text', or a recipe-defined masked view."""
@@ -46,7 +53,7 @@ class Step:
             if name == "text":
                 return ViewOutput(text=TextView(self.batch.input_ids, self.batch.attention_mask))
             self.passes[f"masker/{name}"] += 1
-            return self.model.maskers[name](self)
+            return self.model.maskers[name](self, self.generator_for(f"view/{name}"))
         return self._once(("view", name), make)
 
     def image_view(self, name: str = "image") -> ImageView:

@@ -120,6 +120,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
         set_rng_state({k: v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]
                        for k, v in state["rng"].items()})
         start = int(state["step"])
+    if D.is_distributed() and device.type == "cuda":  # BatchNorm statistics over all ranks
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = (DistributedDataParallel(model, find_unused_parameters=tr.find_unused_parameters)
            if D.is_distributed() else model)
 

@@ -93,6 +93,6 @@ class Augment(Masker):
                   if k != "policy" and v is not None}
         return {**POLICIES[self.params.policy], **chosen}
 
-    def __call__(self, step: Step) -> ViewOutput:
-        return ViewOutput(image=ImageView(augment_images(step.batch.image, step.generator,
+    def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
+        return ViewOutput(image=ImageView(augment_images(step.batch.image, generator,
                                                          **self.settings())))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
 from vlp.plugins.base import Params, Plugin
 
 if TYPE_CHECKING:
@@ -13,8 +15,8 @@ if TYPE_CHECKING:
 
 
 class Masker(Plugin):
-    """Derives a view from the step's batch with the step's generator (index tensors, no copies
-    of images where indices suffice). Runs at most once per step per view."""
+    """Derives a view from the step's batch with the view's own generator (index tensors, no
+    copies of images where indices suffice). Runs at most once per step per view."""
 
     #: which parts the view has: {"image"}, {"text"} or both
     produces: ClassVar[frozenset[str]] = frozenset()
@@ -25,5 +27,6 @@ class Masker(Plugin):
         self.params = params
         self.ctx = ctx
 
-    def __call__(self, step: Step) -> ViewOutput:  # pragma: no cover - abstract
+    def __call__(self, step: Step, generator: torch.Generator
+                 ) -> ViewOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import ValidationError, model_validator
 
 from vlp.core.views import ViewOutput
@@ -62,5 +63,6 @@ class Paired(Masker):
         (icls, iparams), (tcls, tparams) = _part(params.image, "image"), _part(params.text, "text")
         self.image_masker, self.text_masker = icls(iparams, ctx), tcls(tparams, ctx)
 
-    def __call__(self, step: Step) -> ViewOutput:
-        return ViewOutput(image=self.image_masker(step).image, text=self.text_masker(step).text)
+    def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
+        return ViewOutput(image=self.image_masker(step, generator).image,
+                          text=self.text_masker(step, generator).text)

@@ -42,10 +42,10 @@ class RandomPatches(Masker):
     class Params(Params):
         ratio: float = Field(0.5, gt=0, lt=1)
 
-    def __call__(self, step: Step) -> ViewOutput:
+    def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
         pixels = step.batch.image
         ids_keep, mask = random_patch_mask(pixels.shape[0], self.ctx.num_patches,
-                                           self.params.ratio, step.generator, pixels.device)
+                                           self.params.ratio, generator, pixels.device)
         return ViewOutput(image=ImageView(pixels, ids_keep, mask))
 
 
@@ -103,10 +103,10 @@ class BlockPatches(Masker):
         aspect: float = Field(0.3, gt=0, le=1)
         max_blocks: int = Field(32, ge=1)
 
-    def __call__(self, step: Step) -> ViewOutput:
+    def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
         pixels = step.batch.image
         p = self.params
         ids_keep, mask = block_patch_mask(pixels.shape[0], self.ctx.grid_size, p.ratio,
-                                          step.generator, pixels.device, p.min_block,
+                                          generator, pixels.device, p.min_block,
                                           p.aspect, p.max_blocks)
         return ViewOutput(image=ImageView(pixels, ids_keep, mask))

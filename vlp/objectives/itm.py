@@ -93,8 +93,9 @@ class ITM(Objective):
             sim_i2t, sim_t2i = image_emb @ cands(text_emb).T, text_emb @ cands(image_emb).T
         else:
             sim_i2t = sim_t2i = torch.zeros(exclude.shape, device=exclude.device)
-        neg_text = sample_negatives(sim_i2t, exclude, step.generator, hard, p.temperature)
-        neg_image = sample_negatives(sim_t2i, exclude, step.generator, hard, p.temperature)
+        g = step.generator_for(f"itm/{p.image_view}/{p.text_view}")
+        neg_text = sample_negatives(sim_i2t, exclude, g, hard, p.temperature)
+        neg_image = sample_negatives(sim_t2i, exclude, g, hard, p.temperature)
         matched = torch.cat([torch.ones_like(neg_text, dtype=torch.bool),
                              exclude.gather(1, neg_text[:, None]).squeeze(1),
                              exclude.gather(1, neg_image[:, None]).squeeze(1)]).long()
