@@ -24,7 +24,7 @@ from vlp.core.checkpoint import (
     set_rng_state,
     write_json,
 )
-from vlp.core.errors import NonFiniteLoss
+from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe
 from vlp.core.run import build_run, default_run_dir, latest_run_dir, resolve_device
@@ -101,8 +101,9 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
     if tr.batch_size % (world * tr.grad_accum):
-        raise ValueError(f"trainer.batch_size {tr.batch_size} must be divisible by "
-                         f"world size {world} x grad_accum {tr.grad_accum}")
+        raise RecipeError([Problem(recipe.source, "trainer.batch_size",
+                                   f"{tr.batch_size} is not divisible by world size {world} x "
+                                   f"grad_accum {tr.grad_accum}")])
     run_dir = _run_dir(recipe, out, resume)
     torch.manual_seed(spec.seed + rank)
     run = build_run(recipe, run_dir, device)
