@@ -53,7 +53,7 @@ def test_two_objectives_on_one_view_share_the_encoder_pass(write_recipe, tokeniz
     assert off["passes/image_encoder"] == 1 and "passes/masker/masked" not in off
 
 
-def small(path: Path) -> list[str]:
+def small() -> list[str]:
     """Overrides that shrink the demo model so the real recipe runs in a test."""
     return ["data.image_size=32", "data.max_text_len=48",
             "model.image_encoder.embed_dim=32", "model.image_encoder.depth=1",
@@ -63,7 +63,7 @@ def small(path: Path) -> list[str]:
 
 def test_uni_mlip_recipe_encodes_each_view_once(tokenizer):
     path = REPO / "recipes" / "uni_mlip.yaml"
-    counts = passes(path, tokenizer, small(path))
+    counts = passes(path, tokenizer, small())
     for view in ("image", "image_masked", "image_aug1", "image_aug2"):
         assert counts[f"passes/image_encoder/{view}"] == 1
     assert counts["passes/image_encoder"] == 4
@@ -82,8 +82,8 @@ def test_uni_mlip_recipe_encodes_each_view_once(tokenizer):
 ])
 def test_weight_zero_removes_only_its_passes(tokenizer, off, gone):
     path = REPO / "recipes" / "uni_mlip.yaml"
-    full = passes(path, tokenizer, small(path))
-    less = passes(path, tokenizer, [*small(path), f"objectives.{off}.weight=0"])
+    full = passes(path, tokenizer, small())
+    less = passes(path, tokenizer, [*small(), f"objectives.{off}.weight=0"])
     for key in gone:
         assert key in full and key not in less
     assert set(less) < set(full)
