@@ -42,16 +42,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
     from vlp.core import distributed as D
+    from vlp.core.progress import final_report
     from vlp.core.trainer import train
 
     result = train(recipe, args.out, args.resume, evaluate=not args.no_eval,
                    stop_after=args.stop_after)
     if D.rank() == 0:
-        print(f"run folder: {result.run_dir}")
-        losses = {k: round(v, 4) for k, v in result.last_metrics.items() if k.startswith("loss")}
-        print(f"step {result.steps}: {json.dumps(losses)}")
-        if result.retrieval:
-            print("held-out retrieval:", json.dumps(result.retrieval))
+        print(final_report(result.summary), flush=True)
     return 0
 
 
@@ -76,14 +73,20 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from vlp.core.progress import phases_to
     from vlp.eval.evaluate import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run_dir, args.checkpoint, args.device), indent=2))
+    with phases_to(sys.stderr):  # stdout is the result
+        metrics = evaluate_run(args.run_dir, args.checkpoint, args.device, args.data)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _main_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     p = argparse.ArgumentParser(prog="vlp", description="Medical vision-language pre-training.")
+    p.add_argument("--version", action="version", version=f"vlp {version('vlp')}")
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a recipe (same as vlp-train)",
                            parents=[_train_parser("vlp train")], add_help=False)
@@ -95,9 +98,13 @@ def _main_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
     sub.add_parser("plugins", help="list installed plugins").set_defaults(func=_cmd_plugins)
     ev = sub.add_parser("eval", help="held-out retrieval of a run folder")
-    ev.add_argument("run_dir", type=Path)
-    ev.add_argument("--checkpoint", default="latest")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
+    ev.add_argument("--checkpoint", default="latest",
+                    help="'latest', 'best', a step folder name (step_0000400) or a path")
+    ev.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda:0'")
+    ev.add_argument("--data", type=Path, metavar="MANIFEST",
+                    help="evaluate on this manifest (a separate test set, read with the run's "
+                         "data settings) instead of the run's held-out split")
     ev.set_defaults(func=_cmd_eval)
     return p
 

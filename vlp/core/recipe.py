@@ -64,11 +64,14 @@ class ModelSpec(_Strict):
 
 
 class _DataCommon(_Strict):
+    """Kept when a recipe's data section switches `source` (yamlio.SHARED_ON_SOURCE_SWITCH)."""
+
     image_size: int = Field(224, ge=16)
     channels: Literal[1, 3] = 1
     max_text_len: int = Field(128, ge=8)
     num_workers: int = Field(0, ge=0)
     seed: int = 0  # demo generation / held-out split
+    min_val_size: int = Field(0, ge=0)  # fewer usable held-out pairs is a recipe error
 
 
 class DemoData(_DataCommon):
@@ -87,6 +90,7 @@ class ManifestData(_DataCommon):
     format: Literal["csv", "tsv", "jsonl"] | None = None
     val_path: str | None = None
     val_fraction: float = Field(0.05, gt=0, lt=1)
+    group_column: str | None = None  # patient/study column: no group on both sides of the split
     strict: bool = False
 
 
@@ -116,6 +120,9 @@ class TrainerSpec(_Strict):
     device: str = "auto"
     find_unused_parameters: bool = False
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
+    threads: int | None = Field(None, gt=0)  # CPU threads; default: cores / local ranks
+    eval_every: int = Field(0, ge=0)  # held-out retrieval every N steps (0: only at the end)
+    best_metric: str = "mean_R"  # held-out metric (higher is better) picking checkpoints/best
 
 
 class EvalSpec(_Strict):
@@ -347,12 +354,21 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                 problems.append(Problem(where_of(prov, key, source), key,
                                         f"path does not exist: {value}"))
     if isinstance(data_spec, DemoData):
-        for key, size, need in (("data.train_size", data_spec.train_size, spec.trainer.batch_size),
-                                ("data.val_size", data_spec.val_size, max(spec.eval.ks))):
+        for key, size, need, what in (
+                ("data.train_size", data_spec.train_size, spec.trainer.batch_size,
+                 "trainer.batch_size"),
+                ("data.val_size", data_spec.val_size, max(spec.eval.ks), "max(eval.ks)"),
+                ("data.val_size", data_spec.val_size, data_spec.min_val_size,
+                 "data.min_val_size")):
             if size < need:
-                what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
                 problems.append(Problem(where_of(prov, key, source), key,
                                         f"{size} is smaller than {what} ({need})"))
+    metric_names = {"mean_R", *(f"{d}_R@{k}" for d in ("i2t", "t2i") for k in spec.eval.ks)}
+    if spec.trainer.best_metric not in metric_names:
+        problems.append(Problem(where_of(prov, "trainer.best_metric", source),
+                                "trainer.best_metric", f"unknown held-out metric "
+                                f"{spec.trainer.best_metric!r} (expected one of: "
+                                f"{', '.join(sorted(metric_names))})"))
     if spec.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
         problems.append(Problem(where_of(prov, "trainer.tensorboard", source),
                                 "trainer.tensorboard", "tensorboard is not installed: "

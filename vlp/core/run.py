@@ -13,11 +13,15 @@ from pathlib import Path
 import torch
 import yaml
 from tokenizers import Tokenizer
+from torch.utils.data import Dataset
 
 from vlp.core import distributed as D
 from vlp.core.checkpoint import load_weights, resolve_checkpoint, write_json
+from vlp.core.errors import Problem, RecipeError
 from vlp.core.model import VLPModel
-from vlp.core.recipe import Recipe, load_recipe
+from vlp.core.progress import phase
+from vlp.core.recipe import ManifestData, Recipe, load_recipe
+from vlp.core.threads import apply_threads
 from vlp.data.collate import Collator
 from vlp.data.loader import DataSplits, build_datasets
 from vlp.data.tokenize import TokenIds, load_tokenizer, train_tokenizer
@@ -55,9 +59,13 @@ def _tokenizer(recipe: Recipe, run_dir: Path, texts: list[str]) -> Tokenizer:
     saved = run_dir / "tokenizer.json"
     spec = recipe.spec.model.tokenizer
     if not saved.is_file() and D.rank() == 0:
-        tok = (load_tokenizer(spec.path) if spec.path else
-               train_tokenizer(texts, spec.kind, spec.vocab_size, spec.min_frequency,
-                               spec.lowercase))
+        if spec.path:
+            tok = load_tokenizer(spec.path)
+        else:
+            with phase("tokenizer training") as details:
+                tok = train_tokenizer(texts, spec.kind, spec.vocab_size, spec.min_frequency,
+                                      spec.lowercase)
+                details["vocab"] = f"{tok.get_vocab_size()} tokens from {len(texts)} reports"
         tmp = saved.with_suffix(".tmp")
         tok.save(str(tmp))
         tmp.replace(saved)
@@ -79,20 +87,44 @@ class Run:
     def collate(self) -> Collator:
         return Collator(self.tokenizer, self.recipe.spec.data.max_text_len)
 
-    def evaluate(self) -> dict[str, float]:
-        """Held-out retrieval, written to <run>/retrieval.json."""
+    def evaluate(self, dataset: Dataset | None = None, out: str = "retrieval.json"
+                 ) -> dict[str, float]:
+        """Held-out retrieval (or on `dataset`), written to <run>/`out`."""
         from vlp.eval.evaluate import retrieval_eval
 
         spec = self.recipe.spec
-        metrics = retrieval_eval(self.model, self.data.val, self.collate, self.device,
-                                 spec.eval.batch_size, spec.eval.ks, spec.data.num_workers)
-        write_json(self.run_dir / "retrieval.json", metrics)
+        with phase("evaluation") as details:
+            metrics = retrieval_eval(self.model, self.data.val if dataset is None else dataset,
+                                     self.collate, self.device, spec.eval.batch_size,
+                                     spec.eval.ks, spec.data.num_workers)
+            details["n"] = f"{metrics['n']} pairs"
+        write_json(self.run_dir / out, metrics)
         return metrics
 
 
+def check_held_out(recipe: Recipe, data: DataSplits) -> None:
+    """A manifest's held-out set, known once rows are read, must cover max(eval.ks) and
+    data.min_val_size, as the demo data's val_size is checked with the recipe."""
+    spec = recipe.spec.data
+    if not isinstance(spec, ManifestData):
+        return
+    key = "data.val_path" if spec.val_path else "data.val_fraction"
+    n = len(data.val)
+    for need, what in ((max(recipe.spec.eval.ks), "max(eval.ks)"),
+                       (spec.min_val_size, "data.min_val_size")):
+        if n < need:
+            raise RecipeError([Problem(recipe.source, key, f"the held-out set has {n} usable "
+                                       f"pairs, fewer than {what} ({need})")])
+
+
 def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
+    with phase("data set check") as details:
+        data = build_datasets(recipe.spec.data)
+        bad = sum(data.skipped.values())
+        details["sizes"] = (f"{len(data.train)} training / {len(data.val)} held-out pairs, "
+                            f"{bad} bad rows")
+    check_held_out(recipe, data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = build_datasets(recipe.spec.data)
     tokenizer = _tokenizer(recipe, run_dir, data.train_texts)
     saved = run_dir / "recipe.yaml"
     if D.rank() == 0 and not saved.exists():  # a run keeps the recipe it started with
@@ -104,6 +136,7 @@ def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
 def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "auto") -> Run:
     """Rebuild a finished (or interrupted) run from its folder, with checkpoint weights."""
     recipe = load_recipe(run_dir / "recipe.yaml")
+    apply_threads(recipe.spec.trainer.threads)
     run = build_run(recipe, run_dir, resolve_device(device))
     load_weights(run.model, resolve_checkpoint(run_dir, checkpoint))
     return run

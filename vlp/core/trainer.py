@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from vlp.core import distributed as D
 from vlp.core.checkpoint import (
@@ -25,9 +23,12 @@ from vlp.core.checkpoint import (
     write_json,
 )
 from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
+from vlp.core.heldout import HeldOutTracker
 from vlp.core.optim import build_optimizer, build_scheduler
+from vlp.core.progress import TrainProgress, say
 from vlp.core.recipe import Recipe
 from vlp.core.run import build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.threads import apply_threads
 from vlp.data.loader import train_loader
 
 
@@ -37,6 +38,7 @@ class TrainResult:
     steps: int
     last_metrics: dict[str, float]
     retrieval: dict[str, float] | None
+    summary: dict
 
 
 def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
@@ -94,6 +96,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     """Train `recipe`; `stop_after` ends early at that step with a checkpoint (for jobs with a
     time limit: continue later with resume='latest'; the schedule still spans max_steps)."""
     spec, tr = recipe.spec, recipe.spec.trainer
+    threads = apply_threads(tr.threads)  # before any work, so every op sees it
     device = resolve_device(tr.device)
     D.init_from_env(device.type)
     rank, world = D.rank(), D.world_size()
@@ -105,6 +108,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                                    f"{tr.batch_size} is not divisible by world size {world} x "
                                    f"grad_accum {tr.grad_accum}")])
     run_dir = _run_dir(recipe, out, resume)
+    say(f"{recipe.name}: {threads.describe()}, device {device}, {world} rank(s), run folder "
+        f"{run_dir}")
     torch.manual_seed(spec.seed + rank)
     run = build_run(recipe, run_dir, device)
     model = run.model
@@ -132,8 +137,9 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     names = list(model.objectives)
     log = _metrics_file(run_dir, start) if rank == 0 else None
     board = _tensorboard(run_dir) if rank == 0 and tr.tensorboard else None
-    bar = tqdm(total=tr.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(),
-               dynamic_ncols=True, desc=recipe.name)
+    progress = TrainProgress(recipe.name, start, tr.max_steps, end)
+    held_out = HeldOutTracker(run, tr.eval_every, tr.best_metric, log, board) if rank == 0 \
+        else None
     sums: dict[str, torch.Tensor] = {}
     first_bad = torch.full((len(names),), -1, device=device)  # step of first non-finite loss
     last: dict[str, float] = {}
@@ -202,29 +208,42 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
             if board is not None:
                 for key, value in last.items():
                     board.add_scalar(key, value, done)
-            bar.set_postfix(loss=f"{values['loss']:.4f}",
-                            samples_s=f"{last['samples_per_s']:.0f}")
+            progress.logged(done, values["loss"], last["samples_per_s"])
             sums, tick, last_log = {}, time.perf_counter(), done
-        bar.update(1)
+        progress.advance()
+        if held_out is not None and held_out.due(done):
+            held_out.evaluate(done)
         if tr.ckpt_every and done % tr.ckpt_every == 0 and done != end:
             check_finite(done)
             save(done)
-    bar.close()
+    train_seconds = progress.close()
     done = max(start, end)
     check_finite(done)
     save(done)
+
+    retrieval, skipped_because = None, None
+    if not evaluate:
+        skipped_because = "--no-eval"
+    elif done < tr.max_steps:
+        skipped_because = f"stopped at step {done} of {tr.max_steps}"
+    elif held_out is not None and tr.eval_every:  # the last point of the curve, and of best
+        retrieval = held_out.evaluate(done)
+    elif rank == 0:
+        retrieval = run.evaluate()
+    summary = {
+        "recipe": recipe.source, "run_dir": str(run_dir.resolve()), "steps": done,
+        "max_steps": tr.max_steps, "final": last, "retrieval": retrieval,
+        "eval_skipped": skipped_because, "threads": threads.threads,
+        "train_seconds": train_seconds,
+        "best": held_out.best if held_out is not None else None,
+        "skipped_rows": run.data.skipped,
+        "bad_rows": [list(r) for r in run.data.bad_rows[:100]]}
+    if rank == 0:
+        write_json(run_dir / "summary.json", summary)
     if log is not None:
         log.close()
     if board is not None:
         board.close()
-
-    retrieval = None
-    if evaluate and rank == 0 and done >= tr.max_steps:
-        retrieval = run.evaluate()
-        write_json(run_dir / "summary.json", {
-            "recipe": recipe.source, "steps": done, "final": last, "retrieval": retrieval,
-            "skipped_rows": run.data.skipped,
-            "bad_rows": [list(r) for r in run.data.bad_rows[:100]]})
     if D.is_distributed():
         torch.distributed.barrier()
-    return TrainResult(run_dir, done, last, retrieval)
+    return TrainResult(run_dir, done, last, retrieval, summary)

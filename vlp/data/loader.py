@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from vlp.core.recipe import DemoData, ManifestData
+from vlp.core.threads import worker_init
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
-from vlp.data.manifest import ManifestDataset, split_indices
+from vlp.data.manifest import ManifestDataset, split_groups, split_indices
 from vlp.data.sample import DataError
 
 
@@ -28,11 +30,19 @@ class DataSplits:
     bad_rows: list[tuple[str, int, str]] = field(default_factory=list)  # (file, row, reason)
 
 
-def _manifest(spec: ManifestData, path: str) -> ManifestDataset:
+def _manifest(spec: ManifestData, path: str | Path) -> ManifestDataset:
     return ManifestDataset(path, image_root=spec.image_root, image_column=spec.image_column,
                            text_column=spec.text_column, id_column=spec.id_column,
                            image_size=spec.image_size, in_chans=spec.channels,
-                           strict=spec.strict, fmt=spec.format)
+                           strict=spec.strict, fmt=spec.format, group_column=spec.group_column)
+
+
+def manifest_for_run(spec: DemoData | ManifestData, path: str | Path) -> ManifestDataset:
+    """A separate test manifest read with a run's data settings (columns, image root, size);
+    after a demo run, the default columns `image` and `text`, images beside the manifest."""
+    if isinstance(spec, ManifestData):
+        return _manifest(spec.model_copy(update={"group_column": None, "format": None}), path)
+    return ManifestDataset(path, image_size=spec.image_size, in_chans=spec.channels)
 
 
 def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
@@ -49,7 +59,9 @@ def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
         sets.append(val)
         train_idx = list(range(len(full)))
     else:
-        train_idx, val_idx = split_indices(len(full), spec.val_fraction, spec.seed)
+        train_idx, val_idx = (split_groups(full.groups, spec.val_fraction, spec.seed)
+                              if spec.group_column else
+                              split_indices(len(full), spec.val_fraction, spec.seed))
         train, val = Subset(full, train_idx), Subset(full, val_idx)
     skipped: dict[str, int] = {}
     bad: list[tuple[str, int, str]] = []
@@ -99,11 +111,11 @@ def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: i
                  total: int, num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:
     sampler = StepBatchSampler(len(data.train), global_batch, seed, start, total, rank, world)
     return DataLoader(data.train, batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, pin_memory=pin,
+                      num_workers=num_workers, pin_memory=pin, worker_init_fn=worker_init,
                       persistent_workers=num_workers > 0)
 
 
 def eval_loader(dataset: Dataset, collate: Collator, batch_size: int, num_workers: int
                 ) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=num_workers)
+                      num_workers=num_workers, worker_init_fn=worker_init)

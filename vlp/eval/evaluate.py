@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 from vlp.core.model import VLPModel
 from vlp.core.step import Step
 from vlp.data.collate import Collator
-from vlp.data.loader import eval_loader
+from vlp.data.loader import eval_loader, manifest_for_run
+from vlp.data.sample import DataError
 from vlp.eval.retrieval import retrieval_metrics
 
 
@@ -30,10 +31,19 @@ def retrieval_eval(model: VLPModel, dataset: Dataset, collate: Collator, device:
     return retrieval_metrics(torch.cat(images), torch.cat(texts), ks)
 
 
-def evaluate_run(run_dir: str | Path, checkpoint: str = "latest",
-                 device: str = "auto") -> dict[str, float]:
-    """Rebuild a run's model from its folder (recipe, tokenizer, checkpoint) and evaluate it."""
+def evaluate_run(run_dir: str | Path, checkpoint: str = "latest", device: str = "auto",
+                 data: str | Path | None = None) -> dict[str, float]:
+    """Rebuild a run's model from its folder (recipe, tokenizer, checkpoint) and evaluate it
+    on its held-out split, or on the manifest `data` (written to retrieval_<name>.json)."""
     from vlp.core.run import load_run
 
     run = load_run(Path(run_dir), checkpoint, device)
-    return run.evaluate()
+    if data is None:
+        return run.evaluate()
+    dataset = manifest_for_run(run.recipe.spec.data, data)
+    need = max(run.recipe.spec.eval.ks)
+    if len(dataset) < need:
+        raise DataError(f"{data}: {len(dataset)} usable pairs, fewer than max(eval.ks) ({need})")
+    metrics = run.evaluate(dataset, out=f"retrieval_{Path(data).stem}.json")
+    bad = {k: v for k, v in dataset.skipped.items() if v}
+    return {**metrics, **({"skipped_rows": bad} if bad else {})}
