@@ -82,6 +82,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vlp.core.progress import phases_to
+    from vlp.export.formats import export_run
+
+    with phases_to(sys.stderr):
+        out = export_run(args.run_dir, args.out, args.format, args.checkpoint)
+    print(f"wrote {args.format} export to {out}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from vlp.core.progress import phases_to
+    from vlp.core.run import load_run
+    from vlp.export.embed import embed_manifest
+
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    with phases_to(sys.stderr):
+        run = load_run(args.run_dir, args.checkpoint, args.device)
+        out, rows, bad = embed_manifest(run, args.manifest, args.out, what)
+    skipped = f"; bad rows skipped: {json.dumps(bad)}" if bad else ""
+    print(f"wrote {', '.join(what)} embeddings of {rows} rows to {out}{skipped}")
+    return 0
+
+
 def _main_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
@@ -106,6 +130,27 @@ def _main_parser() -> argparse.ArgumentParser:
                     help="evaluate on this manifest (a separate test set, read with the run's "
                          "data settings) instead of the run's held-out split")
     ev.set_defaults(func=_cmd_eval)
+    ex = sub.add_parser("export", help="write a run's encoders for timm, transformers or open_clip")
+    ex.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
+    ex.add_argument("out", type=Path, help="folder to write the export to")
+    ex.add_argument("--format", required=True, choices=("timm", "hf", "open_clip"),
+                    help="timm: image encoder for timm.create_model('local-dir:OUT'); hf: text "
+                         "encoder + tokenizer for transformers' AutoModel/AutoTokenizer; "
+                         "open_clip: both towers for open_clip.create_model('local-dir:OUT')")
+    ex.add_argument("--checkpoint", default="latest",
+                    help="'latest', 'best', a step folder name (step_0000400) or a path")
+    ex.set_defaults(func=_cmd_export)
+    em = sub.add_parser("embed", help="embed a manifest's images and/or reports with a run")
+    em.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
+    em.add_argument("manifest", type=Path,
+                    help="CSV/TSV/JSONL manifest, read with the run's data settings")
+    em.add_argument("out", type=Path, help="output file: .safetensors or .parquet")
+    em.add_argument("--what", default="image,text",
+                    help="comma-separated: image, text or both (default: image,text)")
+    em.add_argument("--checkpoint", default="latest",
+                    help="'latest', 'best', a step folder name (step_0000400) or a path")
+    em.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda:0'")
+    em.set_defaults(func=_cmd_embed)
     return p
 
 

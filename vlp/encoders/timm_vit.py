@@ -13,6 +13,8 @@ from timm.models.vision_transformer import VisionTransformer
 from vlp.encoders.base import ImageEncoder
 from vlp.plugins.base import Params
 
+ARCH_OVERRIDES = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
 
 class TimmViT(ImageEncoder):
     """timm Vision Transformer (any ViT arch); no download: random init or a local weights file."""
@@ -48,8 +50,7 @@ class TimmViT(ImageEncoder):
     def __init__(self, params: Params, image_size: int, in_chans: int):
         super().__init__(params, image_size, in_chans)
         overrides = {k: v for k, v in params.model_dump().items()
-                     if k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-                     and v is not None}
+                     if k in ARCH_OVERRIDES and v is not None}
         kwargs = dict(img_size=image_size, in_chans=in_chans, num_classes=0,
                       drop_path_rate=params.drop_path_rate, **overrides)
         if params.weights:
