@@ -11,6 +11,7 @@ from vlp.cli import main
 from vlp.core.errors import RecipeError
 from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
+from vlp.eval.evaluate import retrieval_of_run
 
 
 def test_eval_every_logs_a_curve_and_keeps_the_best_checkpoint(write_recipe, tmp_path, capsys):
@@ -20,7 +21,7 @@ def test_eval_every_logs_a_curve_and_keeps_the_best_checkpoint(write_recipe, tmp
         trainer: {max_steps: 6, eval_every: 2, ckpt_every: 1, keep_checkpoints: 1,
                   best_metric: i2t_R@5, tensorboard: true}
     """)
-    result = train(load_recipe(path), out=tmp_path / "run")
+    result = train(load_recipe(path), out=tmp_path / "run", evaluate=retrieval_of_run)
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     curve = [r for r in rows if "val/i2t_R@5" in r]
     assert [r["step"] for r in curve] == [2, 4, 6]

@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlp.core import threads
-from vlp.core.threads import apply_threads, available_cores, choose_threads, worker_init
+from vlp.core.threads import apply_threads, available_cores, choose_threads
+from vlp.data.loader import worker_init
 
 
 def test_default_is_the_cores_available_divided_by_local_ranks(monkeypatch, tmp_path):

@@ -32,7 +32,8 @@ def _train_parser(prog: str = "vlp-train") -> argparse.ArgumentParser:
                    help="stop at this step with a checkpoint (continue with --resume latest)")
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved recipe and exit")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out retrieval at the end")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip held-out retrieval (at the end, and every trainer.eval_every steps)")
     return p
 
 
@@ -44,9 +45,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vlp.core import distributed as D
     from vlp.core.progress import final_report
     from vlp.core.trainer import train
+    from vlp.eval.evaluate import retrieval_of_run
 
-    result = train(recipe, args.out, args.resume, evaluate=not args.no_eval,
-                   stop_after=args.stop_after)
+    result = train(recipe, args.out, args.resume, stop_after=args.stop_after,
+                   evaluate=None if args.no_eval else retrieval_of_run)
     if D.rank() == 0:
         print(final_report(result.summary), flush=True)
     return 0

@@ -8,6 +8,7 @@ writes the weights to checkpoints/best/, which pruning never touches.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,8 +16,12 @@ from vlp.core.checkpoint import BEST, save_best
 
 
 class HeldOutTracker:
-    def __init__(self, run: Any, every: int, metric: str, log: TextIO | None, board: Any):
-        self.run, self.every, self.metric, self.log, self.board = run, every, metric, log, board
+    """Runs the trainer's evaluator every `every` steps; logs it and keeps the best weights."""
+
+    def __init__(self, run: Any, evaluate: Callable[[Any], dict[str, float]], every: int,
+                 metric: str, log: TextIO | None, board: Any):
+        self.run, self.evaluator, self.every, self.metric = run, evaluate, every, metric
+        self.log, self.board = log, board
         info = Path(run.run_dir) / "checkpoints" / BEST / "best.json"
         self.best: dict[str, Any] | None = json.loads(info.read_text()) if info.is_file() \
             else None  # kept across --resume
@@ -29,7 +34,7 @@ class HeldOutTracker:
         """Evaluate at `step` (once: a second call at the same step returns the same metrics)."""
         if self.last is not None and self.last[0] == step:
             return self.last[1]
-        metrics = self.run.evaluate()
+        metrics = self.evaluator(self.run)
         self.last = (step, metrics)
         row = {"step": step, **{f"val/{k}": v for k, v in metrics.items()}}
         if self.log is not None:

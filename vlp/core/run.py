@@ -1,6 +1,7 @@
 """A run folder: the resolved recipe, the tokenizer, the model and the data, built once.
 
-Training and `vlp eval` both start from here, so an evaluated run is rebuilt exactly as trained.
+Training and `vlp eval` both start from here, so an evaluated run is rebuilt exactly as trained
+(evaluation itself lives above core, in vlp.eval, and is handed to the trainer).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 import torch
 import yaml
 from tokenizers import Tokenizer
-from torch.utils.data import Dataset
 
 from vlp.core import distributed as D
-from vlp.core.checkpoint import load_weights, resolve_checkpoint, write_json
+from vlp.core.checkpoint import load_weights, resolve_checkpoint
 from vlp.core.errors import Problem, RecipeError
 from vlp.core.model import VLPModel
 from vlp.core.progress import phase
@@ -86,20 +86,6 @@ class Run:
     @property
     def collate(self) -> Collator:
         return Collator(self.tokenizer, self.recipe.spec.data.max_text_len)
-
-    def evaluate(self, dataset: Dataset | None = None, out: str = "retrieval.json"
-                 ) -> dict[str, float]:
-        """Held-out retrieval (or on `dataset`), written to <run>/`out`."""
-        from vlp.eval.evaluate import retrieval_eval
-
-        spec = self.recipe.spec
-        with phase("evaluation") as details:
-            metrics = retrieval_eval(self.model, self.data.val if dataset is None else dataset,
-                                     self.collate, self.device, spec.eval.batch_size,
-                                     spec.eval.ks, spec.data.num_workers)
-            details["n"] = f"{metrics['n']} pairs"
-        write_json(self.run_dir / out, metrics)
-        return metrics
 
 
 def check_held_out(recipe: Recipe, data: DataSplits) -> None:

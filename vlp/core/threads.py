@@ -92,9 +92,3 @@ def apply_threads(requested: int | None) -> ThreadChoice:
     torch.set_num_threads(choice.threads)
     os.environ.setdefault("RAYON_NUM_THREADS", str(choice.threads))  # tokenizers' thread pool
     return choice
-
-
-def worker_init(_worker_id: int) -> None:
-    """DataLoader worker start: one torch thread, tokenisation without its own thread pool."""
-    torch.set_num_threads(1)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"

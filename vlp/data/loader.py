@@ -6,19 +6,23 @@ order, and each rank takes its contiguous slice of the global batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from vlp.core.recipe import DemoData, ManifestData
-from vlp.core.threads import worker_init
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.manifest import ManifestDataset, split_groups, split_indices
 from vlp.data.sample import DataError
+from vlp.seeding import mix_seed
+
+if TYPE_CHECKING:  # the recipe's data sections; data sits below core and never imports it
+    from vlp.core.recipe import DemoData, ManifestData
 
 
 @dataclass
@@ -40,14 +44,14 @@ def _manifest(spec: ManifestData, path: str | Path) -> ManifestDataset:
 def manifest_for_run(spec: DemoData | ManifestData, path: str | Path) -> ManifestDataset:
     """A separate test manifest read with a run's data settings (columns, image root, size);
     after a demo run, the default columns `image` and `text`, images beside the manifest."""
-    if isinstance(spec, ManifestData):
+    if spec.source == "manifest":
         return _manifest(spec.model_copy(update={"group_column": None, "format": None}), path)
     return ManifestDataset(path, image_size=spec.image_size, in_chans=spec.channels)
 
 
 def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
     """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
-    if isinstance(spec, DemoData):
+    if spec.source == "demo":
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
                           offset=spec.train_size)
@@ -74,6 +78,13 @@ def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
     return DataSplits(train, val, texts, skipped, bad)
 
 
+def worker_init(_worker_id: int) -> None:
+    """DataLoader worker start: one torch thread, tokenisation without its own thread pool
+    (the main process's share of cores is set by vlp.core.threads)."""
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Index lists for steps start..total-1: epoch-wise permutations seeded by (seed, epoch)."""
 
@@ -90,7 +101,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def permutation(self, epoch: int) -> torch.Tensor:
         """The epoch's order, computed once per epoch."""
         if getattr(self, "_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         return self._perm
 

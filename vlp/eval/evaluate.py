@@ -1,4 +1,4 @@
-"""Held-out image-text retrieval for a model, or for a finished run folder."""
+"""Held-out retrieval for a model, a built run, or a finished run folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from vlp.core.checkpoint import write_json
 from vlp.core.model import VLPModel
+from vlp.core.progress import phase
+from vlp.core.run import Run, load_run
 from vlp.core.step import Step
 from vlp.data.collate import Collator
 from vlp.data.loader import eval_loader, manifest_for_run
@@ -31,19 +34,31 @@ def retrieval_eval(model: VLPModel, dataset: Dataset, collate: Collator, device:
     return retrieval_metrics(torch.cat(images), torch.cat(texts), ks)
 
 
+def retrieval_of_run(run: Run, dataset: Dataset | None = None, out: str = "retrieval.json"
+                     ) -> dict[str, float]:
+    """Held-out retrieval of a built run (or on `dataset`), written to <run>/`out` (the
+    trainer's default evaluation, handed to `vlp.core.trainer.train` by the CLI)."""
+    spec = run.recipe.spec
+    with phase("evaluation") as details:
+        metrics = retrieval_eval(run.model, run.data.val if dataset is None else dataset,
+                                 run.collate, run.device, spec.eval.batch_size, spec.eval.ks,
+                                 spec.data.num_workers)
+        details["n"] = f"{metrics['n']} pairs"
+    write_json(run.run_dir / out, metrics)
+    return metrics
+
+
 def evaluate_run(run_dir: str | Path, checkpoint: str = "latest", device: str = "auto",
                  data: str | Path | None = None) -> dict[str, float]:
     """Rebuild a run's model from its folder (recipe, tokenizer, checkpoint) and evaluate it
     on its held-out split, or on the manifest `data` (written to retrieval_<name>.json)."""
-    from vlp.core.run import load_run
-
     run = load_run(Path(run_dir), checkpoint, device)
     if data is None:
-        return run.evaluate()
+        return retrieval_of_run(run)
     dataset = manifest_for_run(run.recipe.spec.data, data)
     need = max(run.recipe.spec.eval.ks)
     if len(dataset) < need:
         raise DataError(f"{data}: {len(dataset)} usable pairs, fewer than max(eval.ks) ({need})")
-    metrics = run.evaluate(dataset, out=f"retrieval_{Path(data).stem}.json")
+    metrics = retrieval_of_run(run, dataset, out=f"retrieval_{Path(data).stem}.json")
     bad = {k: v for k, v in dataset.skipped.items() if v}
     return {**metrics, **({"skipped_rows": bad} if bad else {})}
