@@ -11,7 +11,7 @@ import yaml
 
 from vlp.core.errors import RecipeError, UserError
 from vlp.core.recipe import load_recipe
-from vlp.plugins import KINDS, list_entries, summary_of
+from vlp.plugins import KINDS, PluginError, list_entries, summary_of
 
 EXIT_BAD_INPUT = 2
 
@@ -62,6 +62,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    from vlp.plugins.describe import describe, find_all, markdown
+
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
+    if args.name:
+        print("\n\n".join(describe(entry) for entry in find_all(args.name)))
+        return 0
     rows = []
     for kind in KINDS:
         for name, entry in sorted(list_entries(kind).items()):
@@ -122,7 +130,12 @@ def _main_parser() -> argparse.ArgumentParser:
     validate = recipe.add_parser("validate", help="check a recipe without building anything")
     _recipe_args(validate)
     validate.set_defaults(func=_cmd_validate)
-    sub.add_parser("plugins", help="list installed plugins").set_defaults(func=_cmd_plugins)
+    plugins = sub.add_parser("plugins", help="list installed plugins, or one plugin's parameters")
+    plugins.add_argument("name", nargs="?",
+                         help="a plugin name: print its parameters, types, defaults and docs")
+    plugins.add_argument("--markdown", action="store_true",
+                         help="print docs/plugins.md (every built-in plugin's parameters)")
+    plugins.set_defaults(func=_cmd_plugins)
     ev = sub.add_parser("eval", help="held-out retrieval of a run folder")
     ev.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
     ev.add_argument("--checkpoint", default="latest",
@@ -164,7 +177,7 @@ def _run(func, args: argparse.Namespace) -> int:
         return func(args)
     except RecipeError as exc:
         print(f"error: {getattr(args, 'recipe', None) or args.run_dir}: {exc}", file=sys.stderr)
-    except (UserError, DataError, FileNotFoundError) as exc:
+    except (UserError, DataError, FileNotFoundError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
