@@ -54,8 +54,8 @@ def parameters(plugin: type) -> list[ParamDoc]:
     for name, field in plugin.Params.model_fields.items():
         kind = type_name(field.annotation)
         bounds = _bounds(field.metadata)
-        default = ("required" if field.default is PydanticUndefined and field.default_factory is None
-                   else repr(field.get_default(call_default_factory=True)))
+        required = field.default is PydanticUndefined and field.default_factory is None
+        default = "required" if required else repr(field.get_default(call_default_factory=True))
         rows.append(ParamDoc(name, f"{kind} ({bounds})" if bounds else kind, default,
                              (field.description or "").strip().splitlines()[0]
                              if field.description else ""))
