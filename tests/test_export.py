@@ -148,3 +148,25 @@ def test_export_cli_writes_a_loadable_timm_folder(trained_run, tmp_path):
     assert main(["export", str(trained_run), str(tmp_path / "h"), "--format", "hf",
                  "--checkpoint", "step_0000002"]) == 0
     assert (tmp_path / "h" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("pools", POOLS.values(), ids=POOLS.keys())
+def test_open_clip_export_gives_vlps_embeddings(write_recipe, tmp_path, pools):
+    open_clip = pytest.importorskip("open_clip")
+    from vlp.export.open_clip_format import REGISTER, export_open_clip, register
+
+    model, tokenizer, batch = perturbed_model(write_recipe, pools)
+    out = tmp_path / "oc"
+    out.mkdir()
+    export_open_clip(model, tokenizer, out)
+    assert REGISTER in (out / "README.md").read_text()
+    register()  # the one line the README asks for
+    loaded = open_clip.create_model(f"local-dir:{out}").eval()
+    oc_tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
+    with torch.no_grad():
+        step = Step(model, batch, torch.Generator())
+        image = loaded.encode_image(batch.image.repeat(1, 3, 1, 1), normalize=True)
+        text = loaded.encode_text(oc_tokenizer(demo_reports(6)), normalize=True)
+        torch.testing.assert_close(image, step.image_embedding("image"), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(text, step.text_embedding("text"), rtol=1e-5, atol=1e-5)
+    assert loaded.logit_scale.item() == pytest.approx(model.objectives["itc"].logit_scale.item())
