@@ -112,14 +112,20 @@ def test_manifest_bad_rows_are_counted_in_the_summary(write_recipe, tmp_path):
 
 
 def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
-    """The trainer itself under torchrun (gloo): both ranks step, rank 0 writes the run folder."""
+    """The trainer itself under torchrun (gloo): both ranks load and collate their own share
+    and step (token gathers across unequal padding included); rank 0 writes the run folder."""
     import os
     import subprocess
     import sys
 
     path = write_recipe("""
         _base_: tiny_base.yaml
-        objectives: {itc: {weight: 1.0}}
+        data: {max_text_len: 128}  # each rank pads its share to its own longest report
+        model: {fusion: {name: cross_attention, layers: 1, heads: 2},
+                tokenizer: {vocab_size: 1000}}
+        objectives:  # GLA's local part and ITM's candidates gather token tensors
+          gla: {weight: 1.0, local: filip}
+          itm: {weight: 1.0, gather: true}
         trainer: {max_steps: 2, tensorboard: true}
     """)
     out = tmp_path / "ddp_run"
