@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import vlp.core.model
 from vlp.cli import train_main
@@ -74,8 +75,13 @@ CASES = [
 
 @pytest.fixture
 def no_model_built(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built for an invalid recipe")
+    """Only the recipe check's meta-device build (which allocates nothing) may run."""
+    real = vlp.core.model.VLPModel.__init__
+
+    def refuse(self, *args, **kwargs):
+        if torch.get_default_device().type != "meta":
+            raise AssertionError("a model was built for an invalid recipe")
+        real(self, *args, **kwargs)
     monkeypatch.setattr(vlp.core.model.VLPModel, "__init__", refuse)
 
 

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from timm.models.vision_transformer import VisionTransformer
 
+from vlp.core.errors import ParamError, one_line
 from vlp.encoders.base import ImageEncoder
 from vlp.plugins.base import Params
 
@@ -54,10 +55,16 @@ class TimmViT(ImageEncoder):
                       drop_path_rate=params.drop_path_rate, **overrides)
         if params.weights:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": params.weights})
-        vit = timm.create_model(params.arch, **kwargs)
+        try:
+            vit = timm.create_model(params.arch, **kwargs)
+        except RuntimeError as exc:
+            if not params.weights:
+                raise
+            raise ParamError("weights", f"{params.weights} does not fit this model: "
+                             f"{one_line(exc)}") from None
         if not isinstance(vit, VisionTransformer):
-            raise TypeError(f"{params.arch} is a {type(vit).__name__}, not a timm "
-                            "VisionTransformer")
+            raise ParamError("arch", f"{params.arch} is a {type(vit).__name__}, not a timm "
+                             "VisionTransformer")
         self.vit = vit
         self.width = vit.embed_dim
         self.patch_size = vit.patch_embed.patch_size[0]
