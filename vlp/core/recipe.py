@@ -469,9 +469,9 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
             if size < need:
                 what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
                 add(key, f"{size} is smaller than {what} ({need})")
-    if model is not None and model.tokenizer.path is not None:
-        if not Path(model.tokenizer.path).is_file():
-            add("model.tokenizer.path", f"file not found: {model.tokenizer.path}")
+    tokenizer = None if model is None else model.tokenizer.path
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        add("model.tokenizer.path", f"file not found: {model.tokenizer.path}")
     if trainer is None:
         return
     if trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:

@@ -24,10 +24,13 @@ from vlp.core.checkpoint import (
     set_rng_state,
     write_json,
 )
-from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
+from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe
 from vlp.core.run import build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.runfolder import check_run_folder
+from vlp.core.signals import signal_name, stop_on_signals
+from vlp.data.faults import all_faults, data_report
 from vlp.data.loader import train_loader
 
 
@@ -105,6 +108,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                                    f"{tr.batch_size} is not divisible by world size {world} x "
                                    f"grad_accum {tr.grad_accum}")])
     run_dir = _run_dir(recipe, out, resume)
+    check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + rank)
     run = build_run(recipe, run_dir, device)
     model = run.model
@@ -118,8 +122,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
         state = load_state(ckpt, device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state({k: v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]
-                       for k, v in state["rng"].items()})
+        own = state["ranks"][rank] if rank < len(state.get("ranks", [])) else {}
+        set_rng_state(own.get("rng", state.get("rng")))
         start = int(state["step"])
     if D.is_distributed() and device.type == "cuda":  # BatchNorm statistics over all ranks
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -129,6 +133,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     end = tr.max_steps if stop_after is None else min(stop_after, tr.max_steps)
     loader = train_loader(run.data, run.collate, tr.batch_size, spec.seed, start, end,
                           spec.data.num_workers, rank, world, pin=device.type == "cuda")
+    if resume:
+        loader.faults.merge(own.get("data_faults", {}))
     names = list(model.objectives)
     log = _metrics_file(run_dir, start) if rank == 0 else None
     board = _tensorboard(run_dir) if rank == 0 and tr.tensorboard else None
@@ -141,7 +147,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
 
     def save(step: int) -> None:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state()}
+                 "ranks": D.per_rank({"rng": rng_state(), "data_faults": loader.faults.state()})}
         if rank == 0:
             save_checkpoint(run_dir, step, model, state, keep=tr.keep_checkpoints)
 
@@ -156,59 +162,67 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                                     f"stopped at step {step}, last good checkpoint kept in "
                                     f"{run_dir / 'checkpoints'}")
 
-    for step, batch in enumerate(loader, start=start):
-        batch = batch.to(device)
-        generator = step_generator(device, spec.seed, step)
-        micro = batch.image.shape[0] // tr.grad_accum
-        step_metrics: dict[str, torch.Tensor] = {}
-        for i in range(tr.grad_accum):
-            part = batch if tr.grad_accum == 1 else type(batch)(
-                **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
-            sync = i == tr.grad_accum - 1 or not D.is_distributed()
-            with (contextlib.nullcontext() if sync else ddp.no_sync()), \
-                    _autocast(device, tr.precision):
-                loss, metrics, passes = ddp(part, generator)
-            (loss / tr.grad_accum).backward()
-            for key, value in {"loss": loss.detach(), **metrics}.items():  # micro-batch mean
-                step_metrics[key] = step_metrics.get(key, 0) + value / tr.grad_accum
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-                     if tr.grad_clip > 0 else torch.zeros((), device=device))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        for objective in model.objectives.values():
-            objective.after_optimizer_step()
+    with stop_on_signals() as stop:  # SIGINT/SIGTERM: end the step, checkpoint, exit
+        for step, batch in enumerate(loader, start=start):
+            batch = batch.to(device)
+            generator = step_generator(device, spec.seed, step)
+            micro = batch.image.shape[0] // tr.grad_accum
+            step_metrics: dict[str, torch.Tensor] = {}
+            for i in range(tr.grad_accum):
+                part = batch if tr.grad_accum == 1 else type(batch)(
+                    **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
+                sync = i == tr.grad_accum - 1 or not D.is_distributed()
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), \
+                        _autocast(device, tr.precision):
+                    loss, metrics, passes = ddp(part, generator)
+                (loss / tr.grad_accum).backward()
+                for key, value in {"loss": loss.detach(), **metrics}.items():  # micro-batch mean
+                    step_metrics[key] = step_metrics.get(key, 0) + value / tr.grad_accum
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
+                         if tr.grad_clip > 0 else torch.zeros((), device=device))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            for objective in model.objectives.values():
+                objective.after_optimizer_step()
 
-        losses = torch.stack([step_metrics[f"loss/{n}"] for n in names])
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses),
-                                torch.full_like(first_bad, step), first_bad)
-        for key, value in {**step_metrics, "grad_norm": grad_norm}.items():
-            sums[key] = sums.get(key, 0) + value
-        done = step + 1
-        if done % tr.log_every == 0 or done == end:
-            check_finite(done)
-            elapsed = time.perf_counter() - tick
-            n = done - last_log
-            means = torch.stack(list(sums.values())) / n
-            if D.is_distributed():  # one collective per log line: the mean over ranks
-                torch.distributed.all_reduce(means)
-                means /= world
-            values = dict(zip(sums, means.tolist()))
-            last = {"step": done, "lr": scheduler.get_last_lr()[0], **values,
-                    "samples_per_s": n * tr.batch_size / elapsed, **passes}
-            if log is not None:
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-            if board is not None:
-                for key, value in last.items():
-                    board.add_scalar(key, value, done)
-            bar.set_postfix(loss=f"{values['loss']:.4f}",
-                            samples_s=f"{last['samples_per_s']:.0f}")
-            sums, tick, last_log = {}, time.perf_counter(), done
-        bar.update(1)
-        if tr.ckpt_every and done % tr.ckpt_every == 0 and done != end:
-            check_finite(done)
-            save(done)
+            losses = torch.stack([step_metrics[f"loss/{n}"] for n in names])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses),
+                                    torch.full_like(first_bad, step), first_bad)
+            for key, value in {**step_metrics, "grad_norm": grad_norm}.items():
+                sums[key] = sums.get(key, 0) + value
+            done = step + 1
+            if done % tr.log_every == 0 or done == end:
+                check_finite(done)
+                elapsed = time.perf_counter() - tick
+                n = done - last_log
+                means = torch.stack(list(sums.values())) / n
+                if D.is_distributed():  # one collective per log line: the mean over ranks
+                    torch.distributed.all_reduce(means)
+                    means /= world
+                values = dict(zip(sums, means.tolist()))
+                last = {"step": done, "lr": scheduler.get_last_lr()[0], **values,
+                        "samples_per_s": n * tr.batch_size / elapsed, **passes}
+                if log is not None:
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                if board is not None:
+                    for key, value in last.items():
+                        board.add_scalar(key, value, done)
+                bar.set_postfix(loss=f"{values['loss']:.4f}",
+                                samples_s=f"{last['samples_per_s']:.0f}")
+                sums, tick, last_log = {}, time.perf_counter(), done
+            bar.update(1)
+            if tr.ckpt_every and done % tr.ckpt_every == 0 and done != end:
+                check_finite(done)
+                save(done)
+            if (signum := stop.requested(device)) and done != end:
+                bar.close()
+                check_finite(done)
+                save(done)
+                raise Interrupted(f"{signal_name(signum)}: stopped after step {done} with a "
+                                  f"checkpoint in {run_dir / 'checkpoints'}; continue with "
+                                  "--resume latest", signum)
     bar.close()
     done = max(start, end)
     check_finite(done)
@@ -218,13 +232,13 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     if board is not None:
         board.close()
 
+    faults = all_faults(loader.faults)
     retrieval = None
     if evaluate and rank == 0 and done >= tr.max_steps:
         retrieval = run.evaluate()
         write_json(run_dir / "summary.json", {
             "recipe": recipe.source, "steps": done, "final": last, "retrieval": retrieval,
-            "skipped_rows": run.data.skipped,
-            "bad_rows": [list(r) for r in run.data.bad_rows[:100]]})
+            **data_report(run.data, faults)})
     if D.is_distributed():
         torch.distributed.barrier()
     return TrainResult(run_dir, done, last, retrieval)

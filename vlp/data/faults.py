@@ -106,3 +106,37 @@ class FaultCountingLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def all_faults(log: FaultLog) -> FaultLog:
+    """The faults every rank met (each rank draws its own share of the batches)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return log
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, log.state())
+    merged = FaultLog()
+    for state in states:
+        merged.merge(state)
+    return merged
+
+
+def data_report(data: Any, faults: FaultLog) -> dict[str, Any]:
+    """What summary.json says about the data (`data` is a DataSplits): rows read, trained on,
+    held out, and those skipped by reason, at construction or when drawn."""
+    skipped = dict(data.skipped)
+    for reason, n in faults.by_reason().items():
+        skipped[reason] = skipped.get(reason, 0) + n
+    drawn = faults.state()
+    return {
+        "rows": {"read": data.rows_read, "trained_on": len(data.train) - len(faults.rows),
+                 "held_out": len(data.val), "skipped": sum(skipped.values())},
+        "skipped_rows": skipped,
+        "bad_rows": [list(r) for r in data.bad_rows[:100]]
+        + [[source, row, reason] for source, row, reason, _ in drawn["rows"][:100]],
+        "bad_row_details": data.bad_row_details[:100] + [
+            f"{source}: data row {row}: {reason} when drawn (replaced by the next readable "
+            f"row): {detail}" for source, row, reason, detail in drawn["rows"][:100]],
+        "unreadable_draws": drawn["draws"],
+    }
