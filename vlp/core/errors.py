@@ -54,11 +54,12 @@ class NonFiniteLoss(UserError):
 
 class ParamError(ValueError):
     """Raised by a plugin's constructor when one of its params does not fit the model built
-    around it; the recipe error then names that param's dotted key."""
+    around it; the recipe error then names that param's dotted key (or, with `absolute`, the
+    recipe key `param` itself, e.g. `data.image_size`)."""
 
-    def __init__(self, param: str, reason: str):
+    def __init__(self, param: str, reason: str, absolute: bool = False):
         super().__init__(reason)
-        self.param = param
+        self.param, self.absolute = param, absolute
 
 
 class Interrupted(UserError):

@@ -30,7 +30,7 @@ def _build(recipe: Recipe, key: str, make: Callable[[], T]) -> T:
         return make()
     except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
         if isinstance(exc, ParamError):
-            key = f"{key}.{exc.param}"
+            key = exc.param if exc.absolute else f"{key}.{exc.param}"
         raise RecipeError([Problem(recipe.where(key), key,
                                    f"cannot be built: {one_line(exc)}")]) from None
 

@@ -81,10 +81,11 @@ def infer_format(path: Path, fmt: str | None) -> str:
 
 def _bad_byte(texts: list[str]) -> str:
     """A problem naming the first byte that is not UTF-8 (read as a lone surrogate), or ''."""
-    for text in texts:
+    for field, text in enumerate(texts, start=1):
         for column, char in enumerate(text, start=1):
             if "\udc80" <= char <= "\udcff":
-                return f"not UTF-8: byte 0x{ord(char) - 0xDC00:02x} at character {column}"
+                within = f"field {field}, character" if len(texts) > 1 else "character"
+                return f"not UTF-8: byte 0x{ord(char) - 0xDC00:02x} at {within} {column}"
     return ""
 
 

@@ -57,6 +57,9 @@ class TimmViT(ImageEncoder):
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": params.weights})
         try:
             vit = timm.create_model(params.arch, **kwargs)
+        except TypeError as exc:  # other families do not take a ViT's arguments (img_size)
+            raise ParamError("arch", f"{params.arch} is not a timm Vision Transformer "
+                             f"({one_line(exc)})") from None
         except RuntimeError as exc:
             if not params.weights:
                 raise
@@ -69,8 +72,8 @@ class TimmViT(ImageEncoder):
         self.width = vit.embed_dim
         self.patch_size = vit.patch_embed.patch_size[0]
         if image_size % self.patch_size:  # timm would silently drop the border pixels
-            raise ValueError(f"data.image_size {image_size} is not a multiple of the patch "
-                             f"size {self.patch_size}")
+            raise ParamError("data.image_size", f"{image_size} is not a multiple of the image "
+                             f"encoder's patch size {self.patch_size}", absolute=True)
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool = params.pool
