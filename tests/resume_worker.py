@@ -14,9 +14,9 @@ from vlp.core.trainer import train
 
 def main(recipe_path: str, out: str) -> None:
     recipe = load_recipe(recipe_path)
-    train(recipe, out=Path(out) / "straight", evaluate=False)
-    train(recipe, out=Path(out) / "split", evaluate=False, stop_after=3)
-    train(recipe, out=Path(out) / "split", resume="latest", evaluate=False)
+    train(recipe, out=Path(out) / "straight", evaluate=None)
+    train(recipe, out=Path(out) / "split", evaluate=None, stop_after=3)
+    train(recipe, out=Path(out) / "split", resume="latest", evaluate=None)
     torch.distributed.destroy_process_group()
 
 

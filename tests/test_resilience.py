@@ -25,6 +25,7 @@ from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
 from vlp.data.demo import demo_reports
 from vlp.data.tokenize import train_tokenizer
+from vlp.eval.evaluate import retrieval_of_run
 
 TESTS = Path(__file__).parent
 
@@ -57,9 +58,9 @@ def stochastic(write_recipe, tmp_path):
 
 def test_resume_is_exact_with_dropout_and_drop_path(stochastic, tmp_path):
     recipe = load_recipe(stochastic)
-    train(recipe, out=tmp_path / "straight", evaluate=False)
-    train(recipe, out=tmp_path / "split", evaluate=False, stop_after=3)
-    train(recipe, out=tmp_path / "split", resume="latest", evaluate=False)
+    train(recipe, out=tmp_path / "straight", evaluate=None)
+    train(recipe, out=tmp_path / "split", evaluate=None, stop_after=3)
+    train(recipe, out=tmp_path / "split", resume="latest", evaluate=None)
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
     assert len(losses(tmp_path / "straight")) == 6
 
@@ -95,8 +96,8 @@ def test_ctrl_c_ends_the_step_with_a_checkpoint(stochastic, tmp_path, monkeypatc
     assert (out / "checkpoints" / "latest").read_text() == "step_0000003"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     monkeypatch.setattr(trainer_module, "step_generator", real)
-    train(load_recipe(stochastic), out=out, resume="latest", evaluate=False)
-    train(load_recipe(stochastic), out=tmp_path / "straight", evaluate=False)
+    train(load_recipe(stochastic), out=out, resume="latest", evaluate=None)
+    train(load_recipe(stochastic), out=tmp_path / "straight", evaluate=None)
     assert losses(out) == losses(tmp_path / "straight")
 
 
@@ -149,7 +150,7 @@ def test_killed_run_resumes_exactly(sig, stochastic, tmp_path):
     assert train_main([str(stochastic), "--out", str(out), "--resume", "latest", "--no-eval",
                        *recipe]) == 0
     train(load_recipe(stochastic, ["trainer.max_steps=10"]), out=tmp_path / "straight",
-          evaluate=False)
+          evaluate=None)
     assert losses(out) == losses(tmp_path / "straight")
     assert [r["step"] for r in losses(out)] == list(range(1, 11))
 
@@ -205,7 +206,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch, ca
                    "No space left on device; the previous checkpoint step_0000002 is intact\n")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000002"]
     monkeypatch.setattr(checkpoint_module, "save_model", real)
-    assert train(load_recipe(tiny), out=out, resume="latest", evaluate=False).steps == 4
+    assert train(load_recipe(tiny), out=out, resume="latest", evaluate=None).steps == 4
 
 
 def _truncated_jpeg(path: Path, seed: int) -> None:
@@ -246,9 +247,9 @@ def truncated_data(write_recipe, tmp_path):
 def test_image_unreadable_when_drawn_is_replaced_counted_and_resumes_exactly(truncated_data,
                                                                              tmp_path):
     recipe = load_recipe(truncated_data)
-    straight = train(recipe, out=tmp_path / "straight")
+    straight = train(recipe, out=tmp_path / "straight", evaluate=retrieval_of_run)
     train(recipe, out=tmp_path / "split", stop_after=2)
-    train(recipe, out=tmp_path / "split", resume="latest")
+    train(recipe, out=tmp_path / "split", resume="latest", evaluate=retrieval_of_run)
     assert straight.steps == 4 and losses(tmp_path / "split") == losses(tmp_path / "straight")
     for run in ("straight", "split"):
         summary = json.loads((tmp_path / run / "summary.json").read_text())

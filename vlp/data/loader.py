@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from vlp.core.recipe import DemoData, ManifestData
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.faults import FaultCollator, FaultCountingLoader, FaultLog, Replacing
 from vlp.data.manifest import ManifestDataset, split_indices
 from vlp.data.sample import DataError
+from vlp.seeding import mix_seed
+
+if TYPE_CHECKING:  # the recipe's data sections; data sits below core and never imports it
+    from vlp.core.recipe import DemoData, ManifestData
 
 
 @dataclass
@@ -40,7 +44,7 @@ def _manifest(spec: ManifestData, path: str) -> ManifestDataset:
 
 def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
     """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
-    if isinstance(spec, DemoData):
+    if spec.source == "demo":
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
                           offset=spec.train_size)
@@ -83,7 +87,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def permutation(self, epoch: int) -> torch.Tensor:
         """The epoch's order, computed once per epoch."""
         if getattr(self, "_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         return self._perm
 
@@ -101,8 +105,8 @@ class StepBatchSampler(Sampler[list[int]]):
 
 
 def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: int, start: int,
-                 total: int, num_workers: int, rank: int, world: int, pin: bool
-                 ) -> FaultCountingLoader:
+                 total: int, num_workers: int, rank: int, world: int, pin: bool,
+                 faults: FaultLog | None = None) -> FaultCountingLoader:
     """Batches of steps start..total-1; rows unreadable when drawn are replaced and counted in
     the returned loader's `faults`. The loader's own generator (worker seeds) is seeded from
     `seed`, so starting it draws nothing from the global RNG that dropout uses."""
@@ -110,8 +114,8 @@ def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: i
     loader = DataLoader(Replacing(data.train), batch_sampler=sampler,
                         collate_fn=FaultCollator(collate), num_workers=num_workers,
                         pin_memory=pin, persistent_workers=num_workers > 0,
-                        generator=torch.Generator().manual_seed(seed * 1_000_003 + start))
-    return FaultCountingLoader(loader, FaultLog())
+                        generator=torch.Generator().manual_seed(mix_seed(seed, "loader", start)))
+    return FaultCountingLoader(loader, FaultLog() if faults is None else faults)
 
 
 def eval_loader(dataset: Dataset, collate: Collator, batch_size: int, num_workers: int
