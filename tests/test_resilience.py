@@ -68,7 +68,7 @@ def test_resume_is_exact_with_dropout_and_drop_path(stochastic, tmp_path):
 def test_resume_is_exact_with_dropout_on_two_ranks(stochastic, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29533", str(TESTS / "resume_worker.py"), str(stochastic),
+         "--standalone", str(TESTS / "resume_worker.py"), str(stochastic),
          str(tmp_path)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
