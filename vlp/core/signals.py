@@ -25,19 +25,23 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal = 0
+        self.group = None  # under DDP: a gloo group, so the per-step agreement is a CPU
+        if D.is_distributed():  # all-reduce and never waits for the GPU (no host sync)
+            gloo = torch.distributed.get_backend() == "gloo"
+            self.group = None if gloo else torch.distributed.new_group(backend="gloo")
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal = signum
         for sig in SIGNALS:  # the next one is not caught
             signal.signal(sig, signal.SIG_DFL)
 
-    def requested(self, device: torch.device) -> int:
+    def requested(self) -> int:
         """The signal number if any rank received one, else 0; every rank gets the same answer
-        (one small all-reduce per step under DDP, nothing in a single process)."""
+        (one tiny CPU all-reduce per step under DDP, nothing in a single process)."""
         if not D.is_distributed():
             return self.signal
-        flag = torch.tensor([self.signal], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        flag = torch.tensor([self.signal])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return int(flag.item())
 
 

@@ -371,7 +371,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
             if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
                 window.check_finite(done, training.run_dir)
                 save(training, done)
-            if (signum := stop.requested(training.device)) and done != training.end:
+            if (signum := stop.requested()) and done != training.end:
                 log.close()
                 window.check_finite(done, training.run_dir)
                 save(training, done)
