@@ -14,18 +14,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from test_recipe_errors import GOOD  # the tiny valid recipe every case starts from
 
 from vlp.cli import main
 from vlp.core.errors import RecipeError
 from vlp.core.recipe import load_recipe
 
-GOOD = """\
-_base_: tiny_base.yaml
-views:
-  masked: {masker: random_patches, ratio: 0.5}
-objectives:
-  itc: {weight: 1.0}
-"""
 MIM = "  mim: {weight: 1, image_view: masked"
 BIDIRECTIONAL = ("model: {fusion: {name: cross_attention, layers: 2, heads: 2, "
                  "bidirectional: true}}\n")

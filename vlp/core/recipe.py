@@ -483,11 +483,11 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
         add("trainer.device", reason)
 
 
-def validate(data: Any, prov: Provenance, source: str, build_check: bool = True) -> Recipe:
+def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     """Check a merged recipe mapping; raise RecipeError listing every problem found.
 
-    With `build_check`, the model is also built on the meta device (no memory), so sizes that
-    do not fit together and a model too large for the machine are recipe errors too.
+    Then the model is built on the meta device (no memory), so sizes that do not fit together
+    and a model too large for the machine are recipe errors too.
     """
     if not isinstance(data, dict):
         raise RecipeError([Problem(source, "", "a recipe must be a mapping")])
@@ -505,10 +505,9 @@ def validate(data: Any, prov: Provenance, source: str, build_check: bool = True)
     assert image_encoder is not None and text_encoder is not None
     recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,
                     objectives, prov)
-    if build_check:
-        from vlp.core.build_check import check_build
+    from vlp.core.build_check import check_build  # builds VLPModel, which imports this module
 
-        check_build(recipe)
+    check_build(recipe)
     return recipe
 
 

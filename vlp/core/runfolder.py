@@ -65,7 +65,8 @@ def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> None:
         raise UserError(f"--resume: the recipe differs from the run's {run_dir / 'recipe.yaml'} "
                         f"({shown}); a resumed run continues its own recipe: resume without "
                         "these changes, or start a new run with another --out")
-    step = int(resolve_checkpoint(run_dir, resume).name.rpartition("_")[2])
+    name = resolve_checkpoint(run_dir, resume).name  # step_0000123 (other names: not checked)
+    step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else -1
     if step >= recipe.spec.trainer.max_steps:
         raise RunFinished(f"{run_dir} already finished at step {step} (trainer.max_steps "
                           f"{recipe.spec.trainer.max_steps}); nothing to resume, nothing changed")
