@@ -11,7 +11,8 @@ class Params(BaseModel):
     """Base for plugin parameters: unknown keys are errors and values are validated."""
 
     # a docstring under a field is its description (`vlp plugins NAME`, docs/plugins.md)
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 class Plugin:
