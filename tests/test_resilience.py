@@ -82,10 +82,10 @@ def test_resume_is_exact_with_dropout_on_two_ranks(stochastic, tmp_path):
 def test_ctrl_c_ends_the_step_with_a_checkpoint(stochastic, tmp_path, monkeypatch, capsys):
     real = trainer_module.step_generator
 
-    def interrupt_at_step_3(device, seed, step, *micro_batch):
-        if step == 2 and not any(micro_batch):  # 0-based: Ctrl-C arrives during the third step
+    def interrupt_at_step_3(device, seed, step, micro_batch=0):
+        if step == 2:  # 0-based: Ctrl-C arrives during the third step
             os.kill(os.getpid(), signal.SIGINT)
-        return real(device, seed, step, *micro_batch)
+        return real(device, seed, step, micro_batch)
 
     monkeypatch.setattr(trainer_module, "step_generator", interrupt_at_step_3)
     out = tmp_path / "run"
