@@ -100,8 +100,7 @@ REPLACE_KEY = "_replace_"
 # Keys holding file paths: a relative value is read from the folder of the file that wrote it
 # (a `--set` value from the working directory) and kept absolute, so a run folder works anywhere.
 PATH_KEYS = ("data.path", "data.val_path", "data.image_root", "model.tokenizer.path",
-             "model.image_encoder.weights", "model.text_encoder.weights",
-             "model.text_encoder.path")
+             "model.image_encoder.weights")
 # A data section naming another `source` replaces the base's, keeping only these shared keys.
 SHARED_ON_SOURCE_SWITCH = ("image_size", "channels", "max_text_len", "num_workers", "seed",
                            "min_val_size")
@@ -115,10 +114,9 @@ def absolute_paths(data: dict, folder: Path, only: str | None = None) -> None:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         value = node.get(leaf) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            node[leaf] = str((folder / value).resolve())
-        elif isinstance(value, str) and value.startswith("~"):
-            node[leaf] = str(Path(value).expanduser())
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()  # ~/x is absolute once expanded
+            node[leaf] = str(path if path.is_absolute() else (folder / path).resolve())
 
 
 def switch_source(base: dict, top: dict, prov: Provenance) -> dict:
