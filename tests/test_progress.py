@@ -63,6 +63,27 @@ def test_every_run_writes_a_summary(write_recipe, tmp_path, capsys, flags, reaso
     assert f"held-out retrieval: not run ({reason})" in capsys.readouterr().out
 
 
+def test_a_run_stopped_by_a_signal_writes_its_summary(write_recipe, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import vlp.core.trainer as trainer_module
+
+    real = trainer_module.step_generator
+
+    def interrupt_at_step_2(device, seed, step, micro_batch=0):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(device, seed, step, micro_batch)
+
+    monkeypatch.setattr(trainer_module, "step_generator", interrupt_at_step_2)
+    path = write_recipe("_base_: tiny_base.yaml\nobjectives: {itc: {weight: 1.0}}\n")
+    assert train_main([str(path), "--out", str(tmp_path / "run")]) == 128 + signal.SIGTERM
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["retrieval"] is None
+    assert summary["eval_skipped"] == "stopped by SIGTERM after step 2"
+
+
 def test_progress_line_and_report_by_hand():
     assert clock(3725.4) == "1:02:05"
     assert progress_line(25, 400, 1.23456, 55.04, 61, 915) == (

@@ -332,14 +332,16 @@ def save(training: Training, step: int) -> None:
 
 
 def finish(training: Training, done: int, last: dict[str, float], evaluate: Evaluator | None,
-           held_out: HeldOutTracker | None, train_seconds: float
+           held_out: HeldOutTracker | None, train_seconds: float, stopped_by: str | None = None
            ) -> tuple[dict[str, float] | None, dict]:
     """After the last step: evaluate on rank 0 (complete runs only) and write summary.json
-    (every run, also with --no-eval or --stop-after)."""
+    (every run, also with --no-eval, --stop-after or when stopped by a signal)."""
     result, skipped_because = None, None
     trainer, run = training.trainer, training.run
     faults = all_faults(training.faults)
-    if not evaluate:
+    if stopped_by:
+        skipped_because = stopped_by
+    elif not evaluate:
         skipped_because = "--no-eval"
     elif done < trainer.max_steps:
         skipped_because = f"stopped at step {done} of {trainer.max_steps}"
@@ -396,9 +398,12 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                 window.check_finite(done, training.run_dir)
                 save(training, done)
             if (signum := stop.requested()) and done != training.end:
+                seconds = log.progress.close()
                 log.close()
                 window.check_finite(done, training.run_dir)
                 save(training, done)
+                finish(training, done, last, evaluate, held_out, seconds,
+                       stopped_by=f"stopped by {signal_name(signum)} after step {done}")
                 raise Interrupted(f"{signal_name(signum)}: stopped after step {done} with a "
                                   f"checkpoint in {training.run_dir / 'checkpoints'}; continue "
                                   "with --resume latest", signum)
