@@ -1,4 +1,5 @@
-"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins`, `vlp eval RUN_DIR`."""
+"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins [NAME]`,
+`vlp eval RUN_DIR [--data MANIFEST]`, `vlp export RUN OUT --format ...`, `vlp embed`."""
 
 from __future__ import annotations
 
