@@ -58,3 +58,21 @@ def test_unknown_best_metric_is_a_recipe_error(write_recipe):
     with pytest.raises(RecipeError, match=r"trainer.best_metric: unknown held-out metric "
                                           r"'i2t_R@50' \(expected one of: i2t_R@1, "):
         load_recipe(path)
+
+
+def test_the_best_checkpoint_survives_a_resume(write_recipe, tmp_path):
+    path = write_recipe("""
+        _base_: tiny_base.yaml
+        objectives: {itc: {weight: 1.0}}
+        trainer: {max_steps: 4, eval_every: 2}
+    """)
+    recipe = load_recipe(path)
+    first = train(recipe, out=tmp_path / "run", evaluate=retrieval_of_run, stop_after=2)
+    assert first.summary["best"]["step"] == 2
+    resumed = train(recipe, out=tmp_path / "run", resume="latest", evaluate=retrieval_of_run)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    curve = {r["step"]: r["val/mean_R"] for r in rows if "val/mean_R" in r}
+    assert sorted(curve) == [2, 4]
+    best_step = 2 if curve[2] >= curve[4] else 4
+    assert resumed.summary["best"]["step"] == best_step
+    assert resumed.summary["best"]["path"] == str(tmp_path / "run" / "checkpoints" / "best")

@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vlp.core.checkpoint import BEST, save_best
+from vlp.core.run import Run
 
 
 class HeldOutTracker:
     """Runs the trainer's evaluator every `every` steps; logs it and keeps the best weights."""
 
-    def __init__(self, run: Any, evaluate: Callable[[Any], dict[str, float]], every: int,
+    def __init__(self, run: Run, evaluate: Callable[[Run], dict[str, float]], every: int,
                  metric: str, log: TextIO | None, board: Any):
         self.run, self.evaluator, self.every, self.metric = run, evaluate, every, metric
         self.log, self.board = log, board
         info = Path(run.run_dir) / "checkpoints" / BEST / "best.json"
-        self.best: dict[str, Any] | None = json.loads(info.read_text()) if info.is_file() \
-            else None  # kept across --resume
+        self.best: dict[str, Any] | None = None
+        if info.is_file():  # kept across --resume
+            self.best = {**json.loads(info.read_text()), "path": str(info.parent)}
         self.last: tuple[int, dict[str, float]] | None = None  # (step, metrics) evaluated last
 
     def due(self, step: int) -> bool:
