@@ -334,6 +334,15 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                 f"objective '{name}' compares samples within the batch (negatives), so "
                 "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
                 "smaller batch_size or more ranks"))
+    uses = {name: r.cls.needs(r.params).embeddings for name, r in objectives.items()}
+    if "train" not in uses.values():
+        for name in (n for n, use in uses.items() if use == "read"):
+            key = f"objectives.{name}"
+            problems.append(Problem(where_of(prov, key, source), key, (
+                "reads the shared image/text embeddings (e.g. to rank hard negatives), but no "
+                "objective of this recipe trains them, so they would stay random: add one that "
+                "does (itc, or gla with global_weight > 0) or do without them (for itm: "
+                "negatives: random)")))
     if not objectives and not problems:
         problems.append(Problem(where_of(prov, "objectives", source), "objectives",
                                 "no objective has a weight above 0"))

@@ -38,6 +38,7 @@ from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
 from vlp.data.loader import train_loader
 from vlp.seeding import mix_seed
@@ -156,6 +157,8 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     run_dir = _run_dir(recipe, out, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
+    sample = run.collate([run.data.train[i] for i in range(min(2, len(run.data.train)))])
+    check_every_parameter_trains(recipe, run.model, sample.to(device))
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     start = _restore(run, optimizer, scheduler, resume) if resume else 0
