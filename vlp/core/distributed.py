@@ -85,3 +85,13 @@ def init_from_env(device_type: str) -> bool:
         return is_distributed()
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return True
+
+
+def per_rank(value: object) -> list[object]:
+    """`value` of every rank, by rank (small picklable objects, e.g. RNG states); one entry
+    without a process group."""
+    if not is_distributed():
+        return [value]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
