@@ -65,18 +65,34 @@ def test_resume_is_exact_with_dropout_and_drop_path(stochastic, tmp_path):
     assert len(losses(tmp_path / "straight")) == 6
 
 
-def test_resume_is_exact_with_dropout_on_two_ranks(stochastic, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--standalone", str(TESTS / "resume_worker.py"), str(stochastic),
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def torchrun(*args: str, wait: bool = True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--standalone", str(TESTS / "resume_worker.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
-    assert len(straight) == 6 and split == straight
-    ckpt = tmp_path / "split" / "checkpoints" / "step_0000006"
-    ranks = torch.load(ckpt / "state.pt", weights_only=True)["ranks"]
+    return proc
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(stochastic,
+                                                                               tmp_path):
+    """Two gloo ranks, each drawing its own share and its own dropout: SIGTERM mid-run, then
+    resume, gives the losses of the uninterrupted two-rank run."""
+    proc = torchrun("slow", str(stochastic), str(tmp_path), wait=False)
+    _wait_for(lambda: _steps_logged(tmp_path / "run") >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "SIGTERM: stopped after step " in err, err[-3000:]
+    stopped = int((tmp_path / "run" / "checkpoints" / "latest").read_text()[5:])
+    assert 2 <= stopped < 6
+    ranks = torch.load(tmp_path / "run" / "checkpoints" / f"step_{stopped:07d}" / "state.pt",
+                       weights_only=True)["ranks"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["rng"]["cpu"], ranks[1]["rng"]["cpu"])
+    torchrun("resume", str(stochastic), str(tmp_path))
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+    assert len(losses(tmp_path / "straight")) == 6
 
 
 def test_ctrl_c_ends_the_step_with_a_checkpoint(stochastic, tmp_path, monkeypatch, capsys):
