@@ -56,9 +56,12 @@ class TrainResult:
     retrieval: dict[str, float] | None
 
 
-def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
-    """Masks and augmentations of step s come from (seed, s, rank) alone: exact resume."""
-    return torch.Generator(device=device).manual_seed(mix_seed(seed, step, D.rank()))
+def step_generator(device: torch.device, seed: int, step: int, micro_batch: int = 0
+                   ) -> torch.Generator:
+    """Masks and augmentations of micro-batch m of step s come from (seed, s, m, rank) alone:
+    each accumulated micro-batch gets its own masks, and resuming needs no saved state."""
+    return torch.Generator(device=device).manual_seed(
+        mix_seed(seed, step, micro_batch, D.rank()))
 
 
 def _autocast(device: torch.device, precision: str):
@@ -191,13 +194,10 @@ class StepOutput:
 def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
     """Forward and backward over the micro-batches, clip, optimiser and schedule step."""
     trainer, ddp = training.trainer, training.ddp
-    generator = step_generator(training.device, training.recipe.spec.seed, step)
     metrics: dict[str, torch.Tensor] = {}
     passes: dict[str, int] = {}
-    micro = batch.image.shape[0] // trainer.grad_accum
-    for i in range(trainer.grad_accum):
-        part = batch if trainer.grad_accum == 1 else type(batch)(
-            **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
+    for i, part in enumerate(batch.split(trainer.grad_accum)):
+        generator = step_generator(training.device, training.recipe.spec.seed, step, i)
         sync = i == trainer.grad_accum - 1 or not D.is_distributed()
         with (contextlib.nullcontext() if sync else ddp.no_sync()), \
                 _autocast(training.device, trainer.precision):
