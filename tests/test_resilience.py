@@ -234,7 +234,8 @@ def _truncated_jpeg(path: Path, seed: int) -> None:
 
 @pytest.fixture
 def truncated_data(write_recipe, tmp_path):
-    """32 training rows (4 steps of 8 draw each once), row 11 a JPEG cut in half."""
+    """32 training rows (4 steps of 8 draw each once), row 11 a JPEG cut in half; 16 held-out
+    rows, row 4 that JPEG too."""
     images = tmp_path / "img"
     images.mkdir()
     reports = demo_reports(48)
@@ -243,9 +244,9 @@ def truncated_data(write_recipe, tmp_path):
     _truncated_jpeg(images / "cut.jpg", 0)
     train_rows = [{"file": f"{i}.png", "report": reports[i]} for i in range(32)]
     train_rows[10] = {"file": "cut.jpg", "report": reports[10]}
-    for name, rows in (("train", train_rows),
-                       ("val", [{"file": f"{i}.png", "report": reports[i]}
-                                for i in range(32, 48)])):
+    val_rows = [{"file": f"{i}.png", "report": reports[i]} for i in range(32, 48)]
+    val_rows[3] = {"file": "cut.jpg", "report": reports[35]}
+    for name, rows in (("train", train_rows), ("val", val_rows)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = tmp_path / "tokenizer.json"  # one vocabulary for every run
     train_tokenizer(reports, vocab_size=300).save(str(tok))
@@ -273,6 +274,7 @@ def test_image_unreadable_when_drawn_is_replaced_counted_and_resumes_exactly(tru
         assert summary["skipped_rows"] == {"unreadable_image": 1}
         assert summary["bad_rows"] == [[str(tmp_path / "train.jsonl"), 11, "unreadable_image"]]
         assert summary["unreadable_draws"] == 1
+        assert summary["retrieval"]["n"] == 15 and summary["retrieval"]["unreadable_pairs"] == 1
         assert summary["bad_row_details"][0].startswith(
             f"{tmp_path / 'train.jsonl'}: data row 11: unreadable_image when drawn (replaced by "
             f"the next readable row): cannot decode image {tmp_path / 'img' / 'cut.jpg'}: image "
