@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from vlp.data.collate import Collator
@@ -112,7 +113,8 @@ class FaultLog:
 
 
 class FaultCountingLoader:
-    """Iterates a DataLoader over `Replacing` items, yielding batches and logging faults."""
+    """Iterates a DataLoader over `Replacing` or `Skipping` items: yields the batches, logs the
+    faults."""
 
     def __init__(self, loader: DataLoader, log: FaultLog):
         self.loader, self.faults = loader, log
@@ -130,8 +132,6 @@ class FaultCountingLoader:
 
 def all_faults(log: FaultLog) -> FaultLog:
     """The faults every rank met (each rank draws its own share of the batches)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return log
     states: list[Any] = [None] * dist.get_world_size()
