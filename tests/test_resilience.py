@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import vlp.core.checkpoint as checkpoint_module
@@ -202,6 +203,24 @@ def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path, capsys):
     assert capsys.readouterr().err == (f"{out} already finished at step 4 (trainer.max_steps 4);"
                                        " nothing to resume, nothing changed\n")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_applies_operational_changes_and_refuses_the_rest(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main([str(tiny), "--out", str(out), "--no-eval", "--stop-after", "2"]) == 0
+    resume = [str(tiny), "--out", str(out), "--resume", "latest", "--no-eval"]
+    capsys.readouterr()
+    assert train_main([*resume, "--set", "optim.lr=0.01", "--set", "trainer.log_every=2"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume: the recipe differs from the run's {out / 'recipe.yaml'} (optim.lr: "
+        "0.001 in the run, 0.01 now); a resumed run continues its own recipe: resume without "
+        "these changes, or start a new run with another --out\n")
+    assert not (out / "recipe_changes.jsonl").exists()
+    assert train_main([*resume, "--set", "trainer.log_every=2"]) == 0
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["trainer"]["log_every"] == 2
+    assert [json.loads(ln) for ln in (out / "recipe_changes.jsonl").read_text().splitlines()] \
+        == [{"step": 2, "changes": {"trainer.log_every": [1, 2]}}]
+    assert [r["step"] for r in losses(out)] == [1, 2, 4]
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch, capsys):
