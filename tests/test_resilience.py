@@ -99,10 +99,10 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(st
 def test_ctrl_c_ends_the_step_with_a_checkpoint(stochastic, tmp_path, monkeypatch, capsys):
     real = trainer_module.step_generator
 
-    def interrupt_at_step_3(device, seed, step, *rest):
+    def interrupt_at_step_3(device, seed, step, micro_batch=0):
         if step == 2:  # 0-based: Ctrl-C arrives during the third step
             os.kill(os.getpid(), signal.SIGINT)
-        return real(device, seed, step, *rest)
+        return real(device, seed, step, micro_batch)
 
     monkeypatch.setattr(trainer_module, "step_generator", interrupt_at_step_3)
     out = tmp_path / "run"
