@@ -7,7 +7,7 @@
   keys that change how a run is operated, not what it trains (OPERATIONAL), are applied: the
   run's recipe.yaml is updated and each change appended to `recipe_changes.jsonl`.
 - Resuming a run that already reached `trainer.max_steps` says so and changes nothing.
-All three checks only read the folder and happen before anything is written to it.
+The checks only read the folder and happen before anything is written to it.
 """
 
 from __future__ import annotations
