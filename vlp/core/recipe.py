@@ -201,12 +201,16 @@ def _close(given: str, allowed: list[str]) -> str | None:
     return match[0] if match else None
 
 
+def _unknown_key(given: str, allowed: list[str]) -> str:
+    hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+    guess = _close(given, allowed)
+    return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
+
+
 def _describe(err: dict[str, Any], allowed: list[str] | None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-        guess = _close(str(err["loc"][-1]), allowed or [])
-        return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
+        return _unknown_key(str(err["loc"][-1]), allowed or [])
     if kind == "missing":
         return MISSING
     if kind == "union_tag_invalid":
@@ -275,6 +279,9 @@ def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
     return [p for p in out if not (p.reason == MISSING and p.key in merged)]
 
 
+_SECTION_MODELS: dict[str, type[BaseModel]] = {}
+
+
 def _section_model(name: str) -> type[BaseModel]:
     """A one-field model for the top-level section `name`, validated on its own."""
     if name not in _SECTION_MODELS:
@@ -284,9 +291,6 @@ def _section_model(name: str) -> type[BaseModel]:
     return _SECTION_MODELS[name]
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {}
-
-
 def _check_sections(data: dict, prov: Provenance, source: str,
                     problems: list[Problem]) -> dict[str, Any]:
     """Validate each top-level section on its own, so one bad section hides no other problem;
@@ -294,10 +298,8 @@ def _check_sections(data: dict, prov: Provenance, source: str,
     fields = sorted(RecipeSpec.model_fields)
     for key in data:
         if key not in fields:
-            guess = _close(str(key), fields)
             problems.append(Problem(where_of(prov, str(key), source), str(key),
-                                    f"unknown key (expected one of: {', '.join(fields)})"
-                                    + (f"; did you mean `{guess}`?" if guess else "")))
+                                    _unknown_key(str(key), fields)))
     valid: dict[str, Any] = {}
     for name, info in RecipeSpec.model_fields.items():
         if name not in data:
@@ -373,8 +375,9 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
         encoders[field_name] = None if not isinstance(name, str) else _resolve(
             kind, f"model.{field_name}", name, raw, prov, source, "name", ("name",), problems)
 
-    view_makers = {str(n): v["masker"] for n, v in _mapping(data.get("views")).items()
-                   if isinstance(v, dict) and isinstance(v.get("masker"), str)}
+    view_specs = {str(n): v for n, v in _mapping(data.get("views")).items()
+                  if isinstance(v, dict) and isinstance(v.get("masker"), str)}
+    view_makers = {name: v["masker"] for name, v in view_specs.items()}
     views: dict[str, Resolved] = {}
     for name, masker in view_makers.items():
         key = f"views.{name}"
@@ -382,7 +385,7 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
             problems.append(Problem(where_of(prov, key, source), key,
                                     f"'{name}' is a built-in view and cannot be redefined"))
             continue
-        r = _resolve("masker", key, masker, data["views"][name], prov, source, "masker",
+        r = _resolve("masker", key, masker, view_specs[name], prov, source, "masker",
                      ("masker",), problems)
         if r is not None:
             views[name] = r
@@ -509,7 +512,10 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     _check_values(valid, prov, source, problems)
     if problems:
         raise RecipeError(_merge_misspellings(problems))
-    spec = RecipeSpec.model_validate(data)
+    try:  # every section passed on its own, so this only assembles them
+        spec = RecipeSpec.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_problems(exc, "", prov, source, RecipeSpec)) from None
     image_encoder, text_encoder = encoders["image_encoder"], encoders["text_encoder"]
     assert image_encoder is not None and text_encoder is not None
     recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,

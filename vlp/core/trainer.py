@@ -37,7 +37,7 @@ from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
-from vlp.core.runfolder import check_run_folder
+from vlp.core.runfolder import check_run_folder, record_changes
 from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
@@ -162,7 +162,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     spec, trainer = recipe.spec, recipe.spec.trainer
     device = _join_ranks(recipe)
     run_dir = _run_dir(recipe, out, resume)
-    check_run_folder(run_dir, recipe, resume)
+    changes = check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
     readable = Replacing(run.data.train)  # an unreadable first row is replaced, as in training
@@ -172,6 +172,8 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
     start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
+    if changes and D.rank() == 0:
+        record_changes(run_dir, recipe, changes, start)
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
     ddp = _wrap_for_ranks(run.model, device, trainer)
     return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults)
