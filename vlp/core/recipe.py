@@ -65,11 +65,14 @@ class ModelSpec(_Strict):
 
 
 class _DataCommon(_Strict):
+    """Kept when a recipe's data section switches `source` (yamlio.SHARED_ON_SOURCE_SWITCH)."""
+
     image_size: int = Field(224, ge=16)
     channels: Literal[1, 3] = 1
     max_text_len: int = Field(128, ge=8)
     num_workers: int = Field(0, ge=0)
     seed: int = 0  # demo generation / held-out split
+    min_val_size: int = Field(0, ge=0)  # fewer usable held-out pairs is a recipe error
 
 
 class DemoData(_DataCommon):
@@ -88,6 +91,7 @@ class ManifestData(_DataCommon):
     format: Literal["csv", "tsv", "jsonl"] | None = None
     val_path: str | None = None
     val_fraction: float = Field(0.05, gt=0, lt=1)
+    group_column: str | None = None  # patient/study column: no group on both sides of the split
     strict: bool = False
 
 
@@ -118,6 +122,9 @@ class TrainerSpec(_Strict):
     device: str = "auto"
     find_unused_parameters: bool = False
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
+    threads: int | None = Field(None, gt=0)  # CPU threads; default: cores / local ranks
+    eval_every: int = Field(0, ge=0)  # held-out retrieval every N steps (0: only at the end)
+    best_metric: str = "mean_R"  # held-out metric (higher is better) picking checkpoints/best
 
 
 class EvalSpec(_Strict):
@@ -473,14 +480,20 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
             if value is not None and Path(value).is_file():
                 for column, reason in manifest_problems(
                         Path(value), data.format, data.image_column, data.text_column,
-                        data.id_column):
+                        data.id_column, data.group_column):
                     add(f"data.{column or field_name}", reason)
     if isinstance(data, DemoData) and trainer is not None and eval_ is not None:
-        for key, size, need in (("data.train_size", data.train_size, trainer.batch_size),
-                                ("data.val_size", data.val_size, max(eval_.ks))):
+        for key, size, need, what in (
+                ("data.train_size", data.train_size, trainer.batch_size, "trainer.batch_size"),
+                ("data.val_size", data.val_size, max(eval_.ks), "max(eval.ks)"),
+                ("data.val_size", data.val_size, data.min_val_size, "data.min_val_size")):
             if size < need:
-                what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
                 add(key, f"{size} is smaller than {what} ({need})")
+    if trainer is not None and eval_ is not None:
+        metrics = {"mean_R", *(f"{d}_R@{k}" for d in ("i2t", "t2i") for k in eval_.ks)}
+        if trainer.best_metric not in metrics:
+            add("trainer.best_metric", f"unknown held-out metric {trainer.best_metric!r} "
+                                       f"(expected one of: {', '.join(sorted(metrics))})")
     tokenizer = None if model is None else model.tokenizer.path
     if tokenizer is not None and not Path(tokenizer).is_file():
         add("model.tokenizer.path", f"file not found: {model.tokenizer.path}")

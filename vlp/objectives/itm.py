@@ -59,10 +59,15 @@ class ITM(Objective):
 
     class Params(Params):
         image_view: str = "image"
+        """Image view of the pairs to classify."""
         text_view: str = "text"
+        """Text view of the pairs to classify."""
         negatives: Literal["hard", "random"] = "hard"
+        """How mismatched pairs are drawn: by similarity (hard) or uniformly (random)."""
         temperature: float = Field(0.07, gt=0)  # sharpness of hard-negative sampling
+        """Sharpness of hard-negative sampling."""
         gather: bool = False  # draw candidates from every rank's batch (DDP)
+        """Draw negatives from every rank's batch under DDP."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
