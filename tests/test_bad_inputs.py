@@ -76,6 +76,9 @@ RECIPES = [
      "recipe.yaml:6: data.source: required key is missing; expected one of: 'demo', 'manifest'"),
     ("recursive alias", GOOD + "eval: &e {ks: *e}\n",
      "recipe.yaml:6: eval.ks: recursive alias: this value contains itself"),
+    ("alias bomb", GOOD + "x0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]\n" for i in range(1, 6)),
+     "recipe.yaml:11: x5: aliases expand to more than 200000 values"),
     ("weights file missing", GOOD + "model: {image_encoder: {weights: none.safetensors}}\n",
      "recipe.yaml:6: model.image_encoder: Value error, weights file not found: "
      "{dir}/none.safetensors"),

@@ -102,7 +102,12 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _write_text_atomic(root / "latest", final.name)
+    try:
+        _write_text_atomic(root / "latest", final.name)
+    except OSError as exc:  # the new folder is complete; `latest` still names the previous one
+        raise CheckpointWriteError(f"checkpoint {final} was written but {root / 'latest'} could "
+                                   f"not be updated: {exc.strerror or exc}; it still names the "
+                                   "previous checkpoint") from None
     by_age = sorted(root.glob("step_*"), key=lambda p: p.stat().st_mtime_ns)
     for stale in [p for p in by_age if p != final][: max(0, len(by_age) - keep)]:
         shutil.rmtree(stale, ignore_errors=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vlp.core.ops import masked_mean
 from vlp.core.views import ImageView, TextView
 
 
@@ -45,8 +46,7 @@ class TextFeatures:
     def pooled(self) -> torch.Tensor:
         if self.pool == "cls":
             return self.tokens[:, 0]
-        weights = self.mask.unsqueeze(-1).to(self.tokens.dtype)
-        return (self.tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return masked_mean(self.tokens, self.mask.unsqueeze(-1), dim=1)
 
 
 @dataclass

@@ -208,12 +208,16 @@ def _close(given: str, allowed: list[str]) -> str | None:
     return match[0] if match else None
 
 
+def _unknown_key(given: str, allowed: list[str]) -> str:
+    hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+    guess = _close(given, allowed)
+    return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
+
+
 def _describe(err: dict[str, Any], allowed: list[str] | None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-        guess = _close(str(err["loc"][-1]), allowed or [])
-        return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
+        return _unknown_key(str(err["loc"][-1]), allowed or [])
     if kind == "missing":
         return MISSING
     if kind == "union_tag_invalid":
@@ -282,6 +286,9 @@ def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
     return [p for p in out if not (p.reason == MISSING and p.key in merged)]
 
 
+_SECTION_MODELS: dict[str, type[BaseModel]] = {}
+
+
 def _section_model(name: str) -> type[BaseModel]:
     """A one-field model for the top-level section `name`, validated on its own."""
     if name not in _SECTION_MODELS:
@@ -291,9 +298,6 @@ def _section_model(name: str) -> type[BaseModel]:
     return _SECTION_MODELS[name]
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {}
-
-
 def _check_sections(data: dict, prov: Provenance, source: str,
                     problems: list[Problem]) -> dict[str, Any]:
     """Validate each top-level section on its own, so one bad section hides no other problem;
@@ -301,10 +305,8 @@ def _check_sections(data: dict, prov: Provenance, source: str,
     fields = sorted(RecipeSpec.model_fields)
     for key in data:
         if key not in fields:
-            guess = _close(str(key), fields)
             problems.append(Problem(where_of(prov, str(key), source), str(key),
-                                    f"unknown key (expected one of: {', '.join(fields)})"
-                                    + (f"; did you mean `{guess}`?" if guess else "")))
+                                    _unknown_key(str(key), fields)))
     valid: dict[str, Any] = {}
     for name, info in RecipeSpec.model_fields.items():
         if name not in data:
@@ -380,8 +382,9 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
         encoders[field_name] = None if not isinstance(name, str) else _resolve(
             kind, f"model.{field_name}", name, raw, prov, source, "name", ("name",), problems)
 
-    view_makers = {str(n): v["masker"] for n, v in _mapping(data.get("views")).items()
-                   if isinstance(v, dict) and isinstance(v.get("masker"), str)}
+    view_specs = {str(n): v for n, v in _mapping(data.get("views")).items()
+                  if isinstance(v, dict) and isinstance(v.get("masker"), str)}
+    view_makers = {name: v["masker"] for name, v in view_specs.items()}
     views: dict[str, Resolved] = {}
     for name, masker in view_makers.items():
         key = f"views.{name}"
@@ -389,7 +392,7 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
             problems.append(Problem(where_of(prov, key, source), key,
                                     f"'{name}' is a built-in view and cannot be redefined"))
             continue
-        r = _resolve("masker", key, masker, data["views"][name], prov, source, "masker",
+        r = _resolve("masker", key, masker, view_specs[name], prov, source, "masker",
                      ("masker",), problems)
         if r is not None:
             views[name] = r
@@ -424,6 +427,15 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
                 f"objective '{name}' compares samples within the batch (negatives), so "
                 "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
                 "smaller batch_size or more ranks"))
+    uses = {name: r.cls.needs(r.params).embeddings for name, r in objectives.items()}
+    if "train" not in uses.values():
+        for name in (n for n, use in uses.items() if use == "read"):
+            key = f"objectives.{name}"
+            problems.append(Problem(where_of(prov, key, source), key, (
+                "reads the shared image/text embeddings (e.g. to rank hard negatives), but no "
+                "objective of this recipe trains them, so they would stay random: add one that "
+                "does (itc, or gla with global_weight > 0) or do without them (for itm: "
+                "negatives: random)")))
     return encoders, views, objectives
 
 
@@ -513,7 +525,10 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     _check_values(valid, prov, source, problems)
     if problems:
         raise RecipeError(_merge_misspellings(problems))
-    spec = RecipeSpec.model_validate(data)
+    try:  # every section passed on its own, so this only assembles them
+        spec = RecipeSpec.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_problems(exc, "", prov, source, RecipeSpec)) from None
     image_encoder, text_encoder = encoders["image_encoder"], encoders["text_encoder"]
     assert image_encoder is not None and text_encoder is not None
     recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,

@@ -37,11 +37,12 @@ from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.progress import TrainProgress, say
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
-from vlp.core.runfolder import check_run_folder
+from vlp.core.runfolder import check_run_folder, record_changes
 from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.threads import ThreadChoice, apply_threads
+from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
-from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
+from vlp.data.faults import FaultCountingLoader, FaultLog, Replacing, all_faults, data_report
 from vlp.data.loader import train_loader
 from vlp.seeding import mix_seed
 
@@ -167,13 +168,18 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     run_dir = _run_dir(recipe, out, resume)
     say(f"{recipe.name}: {threads.describe()}, device {device}, {D.world_size()} rank(s), "
         f"run folder {run_dir}")
-    check_run_folder(run_dir, recipe, resume)
+    changes = check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
+    readable = Replacing(run.data.train)  # an unreadable first row is replaced, as in training
+    sample = run.collate([readable[i][0] for i in range(min(2, len(readable)))])
+    check_every_parameter_trains(recipe, run.model, sample.to(device))
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
     start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
+    if changes and D.rank() == 0:
+        record_changes(run_dir, recipe, changes, start)
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
     ddp = _wrap_for_ranks(run.model, device, trainer)
     return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults, threads)

@@ -43,8 +43,9 @@ def _record(node: yaml.Node, path: tuple[str, ...], source: str, prov: Provenanc
     contain themselves (a recursive structure no recipe can mean) and alias bombs."""
     count = [0] if count is None else count
     count[0] += 1
-    if count[0] > MAX_NODES:
-        raise RecipeError([Problem(f"{source}:{node.start_mark.line + 1}", _dotted(path),
+    if count[0] > MAX_NODES:  # name the top-level key whose value expanded this far
+        top = path[0] if path else ""
+        raise RecipeError([Problem(prov.get(top, f"{source}:{node.start_mark.line + 1}"), top,
                                    f"aliases expand to more than {MAX_NODES} values")])
     if id(node) in ancestors:
         raise RecipeError([Problem(f"{source}:{node.start_mark.line + 1}", _dotted(path),

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
-from vlp.data.faults import FaultCollator, FaultCountingLoader, FaultLog, Replacing
+from vlp.data.faults import FaultCollator, FaultCountingLoader, FaultLog, Replacing, Skipping
 from vlp.data.manifest import ManifestDataset, split_groups, split_indices
 from vlp.data.sample import DataError
 from vlp.seeding import mix_seed
@@ -139,6 +139,10 @@ def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: i
 
 
 def eval_loader(dataset: Dataset, collate: Collator, batch_size: int, num_workers: int
-                ) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=num_workers, worker_init_fn=worker_init)
+                ) -> FaultCountingLoader:
+    """Held-out batches in order; pairs unreadable when drawn are left out and counted in the
+    returned loader's `faults`."""
+    loader = DataLoader(Skipping(dataset), batch_size=batch_size, shuffle=False,
+                        collate_fn=FaultCollator(collate), num_workers=num_workers,
+                        worker_init_fn=worker_init)
+    return FaultCountingLoader(loader, FaultLog())

@@ -296,6 +296,9 @@ class ManifestDataset(Dataset[Pair]):
         except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or undecodable
             raise UnreadableSample(str(self.path), entry.row, "unreadable_image",
                                    f"cannot decode image {entry.image}: {exc}") from exc
+        except DataError as exc:  # a decoder's own error, with its reason if it names one
+            raise UnreadableSample(str(self.path), entry.row,
+                                   getattr(exc, "reason", "unreadable_image"), str(exc)) from exc
         return Pair(image=torch.from_numpy(np.ascontiguousarray(image)), text=entry.text,
                     sample_id=entry.sample_id)
 

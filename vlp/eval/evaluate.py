@@ -26,12 +26,18 @@ def retrieval_eval(model: VLPModel, dataset: Dataset, collate: Collator, device:
     was_training = model.training
     model.eval()
     images, texts = [], []
-    for batch in eval_loader(dataset, collate, batch_size, num_workers):
+    loader = eval_loader(dataset, collate, batch_size, num_workers)
+    for batch in loader:
         step = Step(model, batch.to(device), torch.Generator(device))  # the training path
         images.append(step.image_embedding("image").float())
         texts.append(step.text_embedding("text").float())
     model.train(was_training)
-    return retrieval_metrics(torch.cat(images), torch.cat(texts), ks)
+    if not images:
+        raise DataError(f"none of the {len(dataset)} held-out pairs could be read")
+    metrics = retrieval_metrics(torch.cat(images), torch.cat(texts), ks)
+    if loader.faults.rows:  # held-out pairs whose image could not be read are left out
+        metrics["unreadable_pairs"] = len(loader.faults.rows)
+    return metrics
 
 
 def retrieval_of_run(run: Run, dataset: Dataset | None = None, out: str = "retrieval.json"

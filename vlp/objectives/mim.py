@@ -103,7 +103,7 @@ class MIM(Objective):
         fused = params.source == "fusion"
         return Needs(image_views={"image_view": params.image_view},
                      text_views={"text_view": params.text_view} if fused else {}, fusion=fused,
-                     masked=frozenset({"image_view"}))
+                     masked=frozenset({"image_view"}), embeddings="none")
 
     def image_tokens(self, step: Step) -> tuple[torch.Tensor, int]:
         """(prefix + kept patch tokens, number of prefix tokens) from the chosen source."""

@@ -54,7 +54,7 @@ class MLM(Objective):
     def needs(cls, params: Params) -> Needs:
         image = {"image_view": params.image_view} if params.fused else {}
         return Needs(image_views=image, text_views={"text_view": params.text_view},
-                     fusion=params.fused, masked=frozenset({"text_view"}))
+                     fusion=params.fused, masked=frozenset({"text_view"}), embeddings="none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
         p = self.params

@@ -59,7 +59,8 @@ class SimSiam(Objective):
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
-        return Needs(image_views={"view_1": params.view_1, "view_2": params.view_2})
+        return Needs(image_views={"view_1": params.view_1, "view_2": params.view_2},
+                     embeddings="none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
         z1 = self.projector(step.image(self.params.view_1).pooled)
