@@ -43,8 +43,9 @@ class TextFeatures:
 
     @property
     def pooled(self) -> torch.Tensor:
-        if self.pool == "cls":
-            return self.tokens[:, 0]
+        if self.pool == "cls":  # the first real token: position 0 unless padded on the left
+            first = self.mask.int().argmax(1)
+            return self.tokens[torch.arange(self.tokens.shape[0], device=first.device), first]
         weights = self.mask.unsqueeze(-1).to(self.tokens.dtype)
         return (self.tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
 
