@@ -93,8 +93,17 @@ def test_special_tokens_come_from_the_tokenizer(tmp_path):
 
 
 def test_recipe_trains_resumes_and_reuses_the_mlm_head(bert_dir, write_recipe, tmp_path):
+    """hf_text plus image_encoder.weights (an RGB checkpoint, adapted to 1 channel)."""
+    import timm
+    from safetensors.torch import save_file
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32,
+                            depth=1, num_heads=2, num_classes=0)
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
     path = write_recipe(RECIPE.format(folder=bert_dir))
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, [f"model.image_encoder.weights={weights}"])
+    assert recipe.image_encoder.params.weights == str(weights)
     train(recipe, out=tmp_path / "straight", evaluate=False)
     train(recipe, out=tmp_path / "split", evaluate=False, stop_after=2)
     resumed = train(recipe, out=tmp_path / "split", resume="latest")
