@@ -1,4 +1,5 @@
-"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins`, `vlp eval RUN_DIR`."""
+"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins`, `vlp eval RUN_DIR`,
+`vlp data shard MANIFEST OUT/` and `vlp data prepare KIND SRC OUT/`."""
 
 from __future__ import annotations
 
@@ -82,6 +83,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from vlp.data.manifest import ManifestDataset
+    from vlp.data.shards import write_shards
+
+    dataset = ManifestDataset(args.manifest, image_root=args.image_root,
+                              image_column=args.image_column, text_column=args.text_column,
+                              id_column=args.id_column, fmt=args.format)
+    index = write_shards(dataset, args.out, args.shard_size, args.seed)
+    print(f"{index['total']} samples in {len(index['shards'])} shards under {args.out}; "
+          f"bad rows skipped: {json.dumps(index['skipped'])}")
+    return 0
+
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="data set tools").add_subparsers(dest="action",
+                                                                      required=True)
+    shard = data.add_parser("shard", help="write a manifest's rows as webdataset tar shards")
+    shard.add_argument("manifest", type=Path, help="manifest file (csv, tsv or jsonl)")
+    shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    shard.add_argument("--seed", type=int, default=0, help="row shuffle before sharding")
+    shard.add_argument("--image-root", type=Path)
+    shard.add_argument("--image-column", default="image")
+    shard.add_argument("--text-column", default="text")
+    shard.add_argument("--id-column")
+    shard.add_argument("--format", choices=["csv", "tsv", "jsonl"])
+    shard.set_defaults(func=_cmd_shard)
+
+
 def _main_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlp", description="Medical vision-language pre-training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +129,7 @@ def _main_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default="latest")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_eval)
+    _data_parser(sub)
     return p
 
 

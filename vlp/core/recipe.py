@@ -90,6 +90,15 @@ class ManifestData(_DataCommon):
     strict: bool = False
 
 
+class WebDatasetData(_DataCommon):
+    """Tar shards written by `vlp data shard` (needs the wds extra); see docs/data-sources.md."""
+
+    source: Literal["webdataset"]
+    urls: str | list[str]  # shard paths, brace-expanded: shards/shard-{000000..000009}.tar
+    val_urls: str | list[str]  # held-out shards (read into memory)
+    tokenizer_samples: int = Field(20000, ge=1)  # reports read to train a tokenizer
+
+
 class OptimSpec(_Strict):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(1e-4, gt=0)
@@ -125,7 +134,7 @@ class EvalSpec(_Strict):
 
 class RecipeSpec(_Strict):
     seed: int = 0
-    data: Annotated[DemoData | ManifestData, Field(discriminator="source")]
+    data: Annotated[DemoData | ManifestData | WebDatasetData, Field(discriminator="source")]
     model: ModelSpec
     views: dict[str, ViewSpec] = {}
     objectives: dict[str, ObjectiveSpec]
@@ -225,7 +234,7 @@ def _problems(exc: ValidationError, prefix: str, prov: Provenance, source: str,
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         # discriminated unions put the tag in the loc; drop it for the user
-        loc = tuple(p for p in loc if p not in ("demo", "manifest"))
+        loc = tuple(p for p in loc if p not in ("demo", "manifest", "webdataset"))
         key = ".".join(p for p in (prefix, *loc) if p)
         allowed = _fields_at(model, loc)
         if allowed is not None:
@@ -274,6 +283,20 @@ def _check_view(key: str, view: str, modality: str, views: dict[str, ViewSpec],
                                 f"view '{view}' has no {modality} part (its masker "
                                 f"'{views[view].masker}' makes "
                                 f"{', '.join(sorted(produces[view]))})"))
+
+
+def _shard_problem(urls: str | list[str]) -> str | None:
+    """Why these shard URLs cannot be read (missing extra, no shards, missing local files)."""
+    if importlib.util.find_spec("webdataset") is None:
+        return "data.source webdataset needs webdataset: pip install -e '.[wds]'"
+    from vlp.data.shards import expand
+
+    expanded = expand(urls)
+    missing = [u for u in expanded if "://" not in u and not u.startswith("pipe:")
+               and not Path(u).is_file()]
+    if not expanded:
+        return "no shards listed"
+    return f"shard not found: {missing[0]} ({len(missing)} missing)" if missing else None
 
 
 def validate(data: Any, prov: Provenance, source: str) -> Recipe:
@@ -346,6 +369,12 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                 key = f"data.{field_name}"
                 problems.append(Problem(where_of(prov, key, source), key,
                                         f"path does not exist: {value}"))
+    if isinstance(data_spec, WebDatasetData):
+        for field_name in ("urls", "val_urls"):
+            reason = _shard_problem(getattr(data_spec, field_name))
+            if reason:
+                key = f"data.{field_name}"
+                problems.append(Problem(where_of(prov, key, source), key, reason))
     if isinstance(data_spec, DemoData):
         for key, size, need in (("data.train_size", data_spec.train_size, spec.trainer.batch_size),
                                 ("data.val_size", data_spec.val_size, max(spec.eval.ks))):

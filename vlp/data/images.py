@@ -10,9 +10,10 @@ pydicom's pixel handlers where one is installed. Every bad file raises `DecodeEr
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -48,15 +49,15 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def _read_dicom(path: Path, header_only: bool) -> Any:
+def _read_dicom(path: Path | BinaryIO, header_only: bool, name: str | Path) -> Any:
     """The dataset, checked for pixel data and a decoder for its transfer syntax."""
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB" if header_only else None)
     except Exception as exc:  # InvalidDicomError, truncated files, bad values, ...
-        raise DecodeError(path, "unreadable_image", f"not a readable DICOM file ({exc})") from exc
+        raise DecodeError(name, "unreadable_image", f"not a readable DICOM file ({exc})") from exc
     if not any(k in ds for k in _PIXEL_KEYWORDS):
-        raise DecodeError(path, "no_pixel_data", "the DICOM file has no pixel data")
+        raise DecodeError(name, "no_pixel_data", "the DICOM file has no pixel data")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         from pydicom.pixels.decoders.base import get_decoder
@@ -67,7 +68,7 @@ def _read_dicom(path: Path, header_only: bool) -> Any:
             decoder = None
         if decoder is None or not decoder.is_available:
             needs = "; ".join(getattr(decoder, "missing_dependencies", [])) or "a decoder"
-            raise DecodeError(path, "unsupported_compression",
+            raise DecodeError(name, "unsupported_compression",
                               f"{syntax.name} needs {needs} (e.g. pip install pylibjpeg "
                               "pylibjpeg-openjpeg)")
     return ds
@@ -123,7 +124,7 @@ def check_image(path: Path) -> None:
     if not path.is_file():
         raise DecodeError(path, "missing_image", "image file not found")
     if is_dicom(path):
-        _read_dicom(path, header_only=True)
+        _read_dicom(path, header_only=True, name=path)
         return
     try:
         with Image.open(path) as im:
@@ -143,7 +144,7 @@ def _resize(array: np.ndarray, in_chans: int, size: int) -> np.ndarray:
     return np.repeat(out, in_chans, axis=0) if out.shape[0] == 1 else out
 
 
-def _load_pil(path: Path, in_chans: int, size: int) -> np.ndarray:
+def _load_pil(path: Path | BinaryIO, in_chans: int, size: int) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode in _HIGH_DEPTH_SCALE:
             return _resize(np.asarray(im, dtype=np.float32) / _HIGH_DEPTH_SCALE[im.mode],
@@ -154,18 +155,29 @@ def _load_pil(path: Path, in_chans: int, size: int) -> np.ndarray:
         return arr[None] if in_chans == 1 else arr.transpose(2, 0, 1)
 
 
+def _decode(source: Path | BinaryIO, dicom: bool, name: str | Path, in_chans: int,
+            size: int) -> np.ndarray:
+    if dicom:
+        ds = _read_dicom(source, header_only=False, name=name)
+        try:
+            return _resize(dicom_to_float(ds), in_chans, size)
+        except Exception as exc:  # a decoder failing on this file's pixel data
+            raise DecodeError(name, "unreadable_image", f"cannot decode pixels: {exc}") from exc
+    try:
+        return _load_pil(source, in_chans, size)
+    except Exception as exc:
+        raise DecodeError(name, "unreadable_image", f"cannot read image: {exc}") from exc
+
+
 def load_image(path: str | Path, in_chans: int, size: int) -> np.ndarray:
     """(C, size, size) float32 in [0, 1] from a PNG/JPEG/... or DICOM file; else DecodeError."""
     path = Path(path)
     if not path.is_file():
         raise DecodeError(path, "missing_image", "image file not found")
-    if is_dicom(path):
-        ds = _read_dicom(path, header_only=False)
-        try:
-            return _resize(dicom_to_float(ds), in_chans, size)
-        except Exception as exc:  # a decoder failing on this file's pixel data
-            raise DecodeError(path, "unreadable_image", f"cannot decode pixels: {exc}") from exc
-    try:
-        return _load_pil(path, in_chans, size)
-    except Exception as exc:
-        raise DecodeError(path, "unreadable_image", f"cannot read image: {exc}") from exc
+    return _decode(path, is_dicom(path), path, in_chans, size)
+
+
+def load_image_bytes(data: bytes, suffix: str, in_chans: int, size: int, name: str
+                     ) -> np.ndarray:
+    """As `load_image`, from a file's bytes (e.g. a tar shard member); `suffix` picks DICOM."""
+    return _decode(io.BytesIO(data), is_dicom(f"x.{suffix.lstrip('.')}"), name, in_chans, size)

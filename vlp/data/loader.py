@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset
 
-from vlp.core.recipe import DemoData, ManifestData
+from vlp.core.recipe import DemoData, ManifestData, WebDatasetData
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.manifest import ManifestDataset, split_indices
@@ -35,8 +35,20 @@ def _manifest(spec: ManifestData, path: str) -> ManifestDataset:
                            strict=spec.strict, fmt=spec.format)
 
 
-def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
+def _shards(spec: WebDatasetData) -> DataSplits:
+    """A shard stream for training, held-out shards in memory; bad rows counted at sharding."""
+    from vlp.data.shards import ShardPairs, ShardStream, expand, first_texts, read_index
+
+    shards, skipped = read_index(expand(spec.urls))
+    val = ShardPairs(expand(spec.val_urls), spec.image_size, spec.channels)
+    return DataSplits(ShardStream(shards, spec.image_size, spec.channels), val,
+                      first_texts(shards, spec.tokenizer_samples), skipped)
+
+
+def build_datasets(spec: DemoData | ManifestData | WebDatasetData) -> DataSplits:
     """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
+    if isinstance(spec, WebDatasetData):
+        return _shards(spec)
     if isinstance(spec, DemoData):
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
@@ -97,6 +109,9 @@ class StepBatchSampler(Sampler[list[int]]):
 
 def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: int, start: int,
                  total: int, num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:
+    if isinstance(data.train, IterableDataset):  # a shard stream splits and resumes itself
+        return data.train.loader(collate, global_batch, seed, start, total, num_workers, rank,
+                                 world, pin)
     sampler = StepBatchSampler(len(data.train), global_batch, seed, start, total, rank, world)
     return DataLoader(data.train, batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, pin_memory=pin,

@@ -225,6 +225,10 @@ class ManifestDataset(Dataset[Pair]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entry(self, index: int) -> _Entry:
+        """The checked row behind item `index` (its image path, report and id)."""
+        return self._entries[index]
+
     def __getitem__(self, index: int) -> Pair:
         entry = self._entries[index]
         try:
