@@ -96,6 +96,18 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from vlp.data.prepare import Options, prepare
+
+    options = Options(sections=tuple(args.sections.split(",")), val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, eval_size=args.eval_size,
+                      seed=args.seed)
+    report = prepare(args.kind, args.src, args.out, options, args.resize)
+    print(f"{args.kind}: rows {json.dumps(report['rows'])}; dropped "
+          f"{json.dumps(report['dropped'])}; manifests in {args.out}")
+    return 0
+
+
 def _data_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="data set tools").add_subparsers(dest="action",
                                                                       required=True)
@@ -110,6 +122,24 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     shard.add_argument("--id-column")
     shard.add_argument("--format", choices=["csv", "tsv", "jsonl"])
     shard.set_defaults(func=_cmd_shard)
+    from vlp.data.prepare import KINDS
+
+    prep = data.add_parser("prepare", help="manifests from a data set's published layout "
+                                           "(see docs/data-sources.md)")
+    prep.add_argument("kind", choices=sorted(KINDS))
+    prep.add_argument("src", type=Path, help="the data set's folder, as published")
+    prep.add_argument("out", type=Path, help="folder for train/val/test.jsonl")
+    prep.add_argument("--resize", type=int, metavar="PX",
+                      help="also write PNG copies with this shorter side under OUT/images")
+    prep.add_argument("--sections", default="findings,impression",
+                      help="report sections to keep (MIMIC-CXR, IU X-Ray)")
+    prep.add_argument("--val-fraction", type=float, default=0.05,
+                      help="hashed split where the data set has none")
+    prep.add_argument("--test-fraction", type=float, default=0.05)
+    prep.add_argument("--eval-size", type=int, default=2000,
+                      help="ROCO held-out pairs per split (M3AE protocol)")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.set_defaults(func=_cmd_prepare)
 
 
 def _main_parser() -> argparse.ArgumentParser:

@@ -155,18 +155,40 @@ def _load_pil(path: Path | BinaryIO, in_chans: int, size: int) -> np.ndarray:
         return arr[None] if in_chans == 1 else arr.transpose(2, 0, 1)
 
 
+def _dicom_float(source: Path | BinaryIO, name: str | Path) -> np.ndarray:
+    ds = _read_dicom(source, header_only=False, name=name)
+    try:
+        return dicom_to_float(ds)
+    except Exception as exc:  # a decoder failing on this file's pixel data
+        raise DecodeError(name, "unreadable_image", f"cannot decode pixels: {exc}") from exc
+
+
 def _decode(source: Path | BinaryIO, dicom: bool, name: str | Path, in_chans: int,
             size: int) -> np.ndarray:
     if dicom:
-        ds = _read_dicom(source, header_only=False, name=name)
-        try:
-            return _resize(dicom_to_float(ds), in_chans, size)
-        except Exception as exc:  # a decoder failing on this file's pixel data
-            raise DecodeError(name, "unreadable_image", f"cannot decode pixels: {exc}") from exc
+        return _resize(_dicom_float(source, name), in_chans, size)
     try:
         return _load_pil(source, in_chans, size)
     except Exception as exc:
         raise DecodeError(name, "unreadable_image", f"cannot read image: {exc}") from exc
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """The whole image at its own size: (H, W) grey or (H, W, 3) RGB, float32 in [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(path, "missing_image", "image file not found")
+    if is_dicom(path):
+        return _dicom_float(path, path)
+    try:
+        with Image.open(path) as im:
+            if im.mode in _HIGH_DEPTH_SCALE:
+                return np.asarray(im, dtype=np.float32) / _HIGH_DEPTH_SCALE[im.mode]
+            if im.mode in ("L", "LA", "1"):
+                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except Exception as exc:
+        raise DecodeError(path, "unreadable_image", f"cannot read image: {exc}") from exc
 
 
 def load_image(path: str | Path, in_chans: int, size: int) -> np.ndarray:
