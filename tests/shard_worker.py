@@ -7,13 +7,14 @@ from pathlib import Path
 
 from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
+from vlp.eval.evaluate import retrieval_of_run
 
 
 def main(recipe_path: Path, out: Path) -> None:
     recipe = load_recipe(recipe_path)
-    train(recipe, out=out / "straight", evaluate=False)
-    train(recipe, out=out / "split", evaluate=False, stop_after=2)
-    train(recipe, out=out / "split", resume="latest")
+    train(recipe, out=out / "straight")
+    train(recipe, out=out / "split", stop_after=2)
+    train(recipe, out=out / "split", resume="latest", evaluate=retrieval_of_run)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ from pathlib import Path
 
 from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
+from vlp.eval.evaluate import retrieval_of_run
 
 REPO = Path(__file__).parent.parent
 
 
 def test_clip_recipe_reaches_five_times_chance(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "clip.yaml")
-    result = train(recipe, out=tmp_path / "clip")
+    result = train(recipe, out=tmp_path / "clip", evaluate=retrieval_of_run)
     n = result.retrieval["n"]
     chance_r1 = 100.0 / n
     assert n == recipe.spec.data.val_size == 200

@@ -83,6 +83,7 @@ def test_dicom_without_pixel_data_raises_one_clear_error(tmp_path):
 def test_manifest_mixing_png_jpeg_and_dicom_trains(write_recipe, tmp_path):
     from vlp.core.recipe import load_recipe
     from vlp.core.trainer import train
+    from vlp.eval.evaluate import retrieval_of_run
 
     rng = np.random.default_rng(0)
     rows = []
@@ -109,7 +110,7 @@ def test_manifest_mixing_png_jpeg_and_dicom_trains(write_recipe, tmp_path):
         trainer: {{max_steps: 2}}
         eval: {{ks: [1, 5]}}
     """)
-    result = train(load_recipe(path), out=tmp_path / "run")
+    result = train(load_recipe(path), out=tmp_path / "run", evaluate=retrieval_of_run)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["retrieval"]["n"] == 6
     assert summary["skipped_rows"] == {"unreadable_image": 1, "missing_image": 1}

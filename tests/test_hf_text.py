@@ -14,6 +14,7 @@ from vlp.cli import train_main
 from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
 from vlp.data.demo import demo_reports
+from vlp.eval.evaluate import retrieval_of_run
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,9 +105,9 @@ def test_recipe_trains_resumes_and_reuses_the_mlm_head(bert_dir, write_recipe, t
     path = write_recipe(RECIPE.format(folder=bert_dir))
     recipe = load_recipe(path, [f"model.image_encoder.weights={weights}"])
     assert recipe.image_encoder.params.weights == str(weights)
-    train(recipe, out=tmp_path / "straight", evaluate=False)
-    train(recipe, out=tmp_path / "split", evaluate=False, stop_after=2)
-    resumed = train(recipe, out=tmp_path / "split", resume="latest")
+    train(recipe, out=tmp_path / "straight")
+    train(recipe, out=tmp_path / "split", stop_after=2)
+    resumed = train(recipe, out=tmp_path / "split", resume="latest", evaluate=retrieval_of_run)
 
     def losses(run):
         return [{k: v for k, v in json.loads(ln).items() if k.startswith("loss")}

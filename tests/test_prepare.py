@@ -124,6 +124,7 @@ REPLICAS = {"mimic_cxr": mimic, "iu_xray": iu_xray, "roco": roco, "medicat": med
 def test_prepare_replica_counts_and_trains(kind, write_recipe, tmp_path):
     from vlp.core.recipe import load_recipe
     from vlp.core.trainer import train
+    from vlp.eval.evaluate import retrieval_of_run
 
     src, out = tmp_path / "src", tmp_path / "out"
     expected = REPLICAS[kind](src)
@@ -152,7 +153,7 @@ def test_prepare_replica_counts_and_trains(kind, write_recipe, tmp_path):
         trainer: {{max_steps: 2}}
         eval: {{ks: [1]}}
     """)
-    result = train(load_recipe(path), out=tmp_path / "run")
+    result = train(load_recipe(path), out=tmp_path / "run", evaluate=retrieval_of_run)
     assert result.steps == 2 and result.retrieval["n"] == len(val)
 
 

@@ -1,6 +1,7 @@
 """A run folder: the resolved recipe, the tokenizer, the model and the data, built once.
 
-Training and `vlp eval` both start from here, so an evaluated run is rebuilt exactly as trained.
+Training and `vlp eval` both start from here, so an evaluated run is rebuilt exactly as trained
+(evaluation itself lives above core, in vlp.eval, and is handed to the trainer).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import yaml
 from tokenizers import Tokenizer
 
 from vlp.core import distributed as D
-from vlp.core.checkpoint import load_weights, resolve_checkpoint, write_json
+from vlp.core.checkpoint import load_weights, resolve_checkpoint
 from vlp.core.model import VLPModel
 from vlp.core.recipe import Recipe, load_recipe
 from vlp.data.collate import Collator
@@ -94,16 +95,6 @@ class Run:
     @property
     def collate(self) -> Collator:
         return Collator(self.tokenizer, self.recipe.spec.data.max_text_len, self.special)
-
-    def evaluate(self) -> dict[str, float]:
-        """Held-out retrieval, written to <run>/retrieval.json."""
-        from vlp.eval.evaluate import retrieval_eval
-
-        spec = self.recipe.spec
-        metrics = retrieval_eval(self.model, self.data.val, self.collate, self.device,
-                                 spec.eval.batch_size, spec.eval.ks, spec.data.num_workers)
-        write_json(self.run_dir / "retrieval.json", metrics)
-        return metrics
 
 
 def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset
 
-from vlp.core.recipe import DemoData, ManifestData, WebDatasetData
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.manifest import ManifestDataset, split_indices
 from vlp.data.sample import DataError
+from vlp.seeding import mix_seed
+
+if TYPE_CHECKING:  # the recipe's data sections; data sits below core and never imports it
+    from vlp.core.recipe import DemoData, ManifestData, WebDatasetData
 
 
 @dataclass
@@ -47,9 +51,9 @@ def _shards(spec: WebDatasetData) -> DataSplits:
 
 def build_datasets(spec: DemoData | ManifestData | WebDatasetData) -> DataSplits:
     """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
-    if isinstance(spec, WebDatasetData):
+    if spec.source == "webdataset":
         return _shards(spec)
-    if isinstance(spec, DemoData):
+    if spec.source == "demo":
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
                           offset=spec.train_size)
@@ -90,7 +94,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def permutation(self, epoch: int) -> torch.Tensor:
         """The epoch's order, computed once per epoch."""
         if getattr(self, "_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         return self._perm
 

@@ -1,4 +1,4 @@
-"""Held-out image-text retrieval for a model, or for a finished run folder."""
+"""Held-out retrieval for a model, a built run, or a finished run folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from vlp.core.checkpoint import write_json
 from vlp.core.model import VLPModel
+from vlp.core.run import Run, load_run
 from vlp.core.step import Step
 from vlp.data.collate import Collator
 from vlp.data.loader import eval_loader
@@ -30,10 +32,17 @@ def retrieval_eval(model: VLPModel, dataset: Dataset, collate: Collator, device:
     return retrieval_metrics(torch.cat(images), torch.cat(texts), ks)
 
 
+def retrieval_of_run(run: Run) -> dict[str, float]:
+    """Held-out retrieval of a built run, written to <run>/retrieval.json (the trainer's
+    default evaluation, handed to `vlp.core.trainer.train` by the CLI)."""
+    spec = run.recipe.spec
+    metrics = retrieval_eval(run.model, run.data.val, run.collate, run.device,
+                             spec.eval.batch_size, spec.eval.ks, spec.data.num_workers)
+    write_json(run.run_dir / "retrieval.json", metrics)
+    return metrics
+
+
 def evaluate_run(run_dir: str | Path, checkpoint: str = "latest",
                  device: str = "auto") -> dict[str, float]:
     """Rebuild a run's model from its folder (recipe, tokenizer, checkpoint) and evaluate it."""
-    from vlp.core.run import load_run
-
-    run = load_run(Path(run_dir), checkpoint, device)
-    return run.evaluate()
+    return retrieval_of_run(load_run(Path(run_dir), checkpoint, device))
