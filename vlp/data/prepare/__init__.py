@@ -69,7 +69,7 @@ def image_index(root: Path) -> dict[str, Path]:
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
 
-def _resized_copy(src: Path, dst: Path, size: int) -> None:
+def resized_copy(src: Path, dst: Path, size: int) -> None:
     """A PNG whose shorter side is `size` (never enlarged); 16-bit for grey images."""
     pixels = decode_image(src)
     h, w = pixels.shape[:2]
@@ -106,7 +106,7 @@ def write_manifests(records: Iterable[Record], out: Path, options: Options,
         if resize:
             copy = Path("images") / record.split / f"{len(seen):08d}_{record.image.stem}.png"
             try:
-                _resized_copy(record.image, out / copy, resize)
+                resized_copy(record.image, out / copy, resize)
             except DecodeError as exc:
                 options.drop(exc.reason)
                 continue
