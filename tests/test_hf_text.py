@@ -146,3 +146,50 @@ def test_missing_or_broken_folder_is_a_recipe_error(bert_dir, write_recipe, tmp_
         err = capsys.readouterr().err
         assert "model.text_encoder" in err and reason in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # rejected before anything was built
+    corrupt = save_tiny_bert(tmp_path / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"not safetensors")
+    assert train_main([str(write_recipe(RECIPE.format(folder=corrupt))), "--out",
+                       str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and "Traceback" not in err
+
+
+CUSTOM_CONFIG = """
+from transformers import BertConfig
+
+
+class CustomConfig(BertConfig):
+    model_type = "vlp_test_custom_bert"
+"""
+CUSTOM_MODEL = """
+from transformers import BertModel
+
+from .configuration_custom import CustomConfig
+
+
+class CustomModel(BertModel):
+    config_class = CustomConfig
+"""
+
+
+def test_remote_code_runs_only_when_trusted(tmp_path):
+    """A folder with its own modelling code (as CXR-BERT ships) loads with the opt-in."""
+    from vlp.encoders.hf_text import HFText
+
+    folder = save_tiny_bert(tmp_path / "custom")
+    (folder / "configuration_custom.py").write_text(CUSTOM_CONFIG)
+    (folder / "modeling_custom.py").write_text(CUSTOM_MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="vlp_test_custom_bert", architectures=["CustomModel"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                            "AutoModel": "modeling_custom.CustomModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        HFText.Params(path=str(folder))
+    params = HFText.Params(path=str(folder), trust_remote_code=True)
+    tokenizer, _ = HFText.pretrained_tokenizer(params)
+    enc = HFText(params, tokenizer.get_vocab_size(), 0, 64)
+    assert type(enc.model).__name__ == "CustomModel"
+    assert enc.pretrained_mlm_head() is None  # no masked-LM class: MLM builds its own head
+    ids = torch.tensor([tokenizer.encode("left effusion").ids])
+    assert enc(ids, torch.ones_like(ids, dtype=torch.bool)).shape == (1, ids.shape[1], 32)

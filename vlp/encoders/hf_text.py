@@ -134,7 +134,7 @@ class HFText(TextEncoder):
                 head = _mlm_head(full, set(info["missing_keys"]))
             except ValueError:  # this architecture has no masked-LM class
                 model = transformers.AutoModel.from_pretrained(params.path, **options)
-        except (OSError, KeyError, RuntimeError) as exc:  # broken or mismatched weight files
+        except Exception as exc:  # broken or mismatched weights: OSError, SafetensorError, ...
             raise ValueError(f"cannot load the model in {params.path}: {exc}") from None
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # unused: vlp pools itself; unused weights would trouble DDP
