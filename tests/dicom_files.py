@@ -10,8 +10,10 @@ import numpy as np
 def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2",
                 bits_stored: int = 12, slope: float | None = None,
                 intercept: float | None = None, window: tuple[float, float] | None = None,
+                voi_lut: tuple[int, int, list[int]] | None = None,
                 with_pixels: bool = True) -> Path:
-    """An uncompressed 16-bit-allocated greyscale DICOM image (CR) with the given tags."""
+    """An uncompressed 16-bit-allocated greyscale DICOM image (CR) with the given tags;
+    `voi_lut` is (first mapped value, bits per entry, LUT data)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -32,6 +34,12 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0.0
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        first, bits, data = voi_lut
+        item = Dataset()
+        item.LUTDescriptor = [len(data), first, bits]
+        item.add_new("LUTData", "OW", np.asarray(data, dtype=np.uint16).tobytes())
+        ds.VOILUTSequence = [item]
     if with_pixels:
         ds.PixelData = pixels.astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)

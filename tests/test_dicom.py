@@ -69,6 +69,17 @@ def test_written_monochrome1_rescale_window_and_depth(tmp_path):
     assert load_image(path, 3, 16).shape == (3, 16, 16)
 
 
+def test_voi_lut_sequence_maps_through_the_table(tmp_path):
+    from vlp.data.images import dicom_to_float
+
+    pixels = np.array([[0, 99, 100, 101], [102, 103, 104, 4000]], dtype=np.uint16)
+    table = [0, 1000, 3000, 4095]  # 12-bit entries for stored values 100..103
+    path = write_dicom(tmp_path / "lut.dcm", pixels, voi_lut=(100, 12, table))
+    # by hand: below the first entry -> the first value, above the last -> the last
+    expected = np.array([[0, 0, 0, 1000], [3000, 4095, 4095, 4095]]) / 4095.0
+    np.testing.assert_allclose(dicom_to_float(pydicom.dcmread(path)), expected, atol=1e-6)
+
+
 def test_dicom_without_pixel_data_raises_one_clear_error(tmp_path):
     for path in (bundled("rtplan.dcm"),
                  write_dicom(tmp_path / "empty.dcm", np.zeros((4, 4)), with_pixels=False)):

@@ -102,11 +102,12 @@ def dicom_to_float(ds: Any) -> np.ndarray:
         pixels = pixels[0]
     if int(ds.get("SamplesPerPixel", 1)) == 3:  # colour: pydicom returns RGB
         return pixels.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    if "VOILUTSequence" in ds:
-        item = ds.VOILUTSequence[0]
-        bits = int(item.LUTDescriptor[2])
-        grey = apply_voi_lut(values, ds, index=0) / float(2 ** bits - 1)
+    modality = np.asarray(apply_modality_lut(pixels, ds))
+    values = modality.astype(np.float64)
+    if "VOILUTSequence" in ds:  # a table indexed by (integer) modality values
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        indices = modality if modality.dtype.kind in "iu" else np.rint(modality).astype(np.int64)
+        grey = apply_voi_lut(indices, ds, index=0) / float(2 ** bits - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         grey = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth),
                        str(ds.get("VOILUTFunction", "LINEAR")).upper())
