@@ -56,6 +56,16 @@ def test_shard_index_counts_samples_and_bad_rows(shards):
     urls = expand(str(shards / "train" / "shard-{000000..000007}.tar"))
     ids = sorted(int(json.loads(s["json"])["id"]) for u in urls for s in samples(u))
     assert ids == list(range(64))
+    import shutil
+
+    from vlp.data.shards import read_index
+
+    bare = shards / "bare"  # shards copied without their index.json: counted by reading
+    bare.mkdir(exist_ok=True)
+    for url in urls[:2]:
+        shutil.copy(url, bare)
+    counted, skipped = read_index(sorted(str(p) for p in bare.glob("*.tar")))
+    assert [s.samples for s in counted] == [8, 8] and skipped == {}
     first = next(samples(urls[0]))  # the image file's own 16-bit bytes, decoded alike
     pair = to_pair(first, 1, 32)
     original = DemoDataset(64, image_size=32)[pair.sample_id]

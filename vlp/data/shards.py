@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,20 +80,15 @@ def expand(urls: str | list[str]) -> list[str]:
     return [u for item in listed for u in _wds().shardlists.expand_urls(item)]
 
 
-def _count(url: str) -> int:
-    with tarfile.open(url) as tar:
-        return len({m.name.split("/")[-1].split(".")[0] for m in tar if m.isfile()})
-
-
 def read_index(urls: list[str]) -> tuple[list[Shard], dict[str, int]]:
-    """Sample counts of each shard (from index.json beside local shards, else by listing) and
-    the bad rows counted when the shards were written."""
+    """Sample counts of each shard (from index.json beside local shards, else by reading it
+    once: any URL webdataset opens) and the bad rows counted when the shards were written."""
     folder = Path(urls[0]).parent
     index: dict[str, Any] = {}
     if (folder / INDEX).is_file():
         index = json.loads((folder / INDEX).read_text())
     known = {str(folder / s["url"]): int(s["samples"]) for s in index.get("shards", [])}
-    shards = [Shard(u, known[u] if u in known else _count(u)) for u in urls]
+    shards = [Shard(u, known[u] if u in known else sum(1 for _ in samples(u))) for u in urls]
     return shards, dict(index.get("skipped", {}))
 
 
