@@ -25,8 +25,6 @@ from tokenizers import (
     trainers,
 )
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -54,6 +52,7 @@ class SpecialTokens:
 
 
 BERT_SPECIALS = SpecialTokens()
+SPECIAL_TOKENS = BERT_SPECIALS.names  # what a trained tokenizer reserves, in id order
 
 
 @dataclass(frozen=True)
