@@ -91,6 +91,20 @@ def test_dicom_without_pixel_data_raises_one_clear_error(tmp_path):
         load_image(tmp_path / "junk.dcm", 1, 8)
 
 
+def test_compression_without_a_handler_is_a_clear_error(monkeypatch):
+    import pydicom.pixels.decoders.base as decoders
+
+    class Missing:
+        is_available = False
+        missing_dependencies = ["pylibjpeg - requires pylibjpeg>=2.0"]
+
+    monkeypatch.setattr(decoders, "get_decoder", lambda uid: Missing())
+    with pytest.raises(DecodeError, match="pylibjpeg") as info:
+        check_image(Path(bundled("MR_small_RLE.dcm")))
+    assert info.value.reason == "unsupported_compression"
+    check_image(Path(bundled("MR_small.dcm")))  # uncompressed needs no handler
+
+
 def test_manifest_mixing_png_jpeg_and_dicom_trains(write_recipe, tmp_path):
     from vlp.core.recipe import load_recipe
     from vlp.core.trainer import train
