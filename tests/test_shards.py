@@ -81,7 +81,7 @@ def stream_ids(shards: Path, start: int, total: int, rank: int, world: int, work
     listed, _ = read_index(expand(str(shards / "train" / "shard-{000000..000007}.tar")))
     stream = ShardStream(listed, 32, 1)
     loader = stream.loader(Collator(tok, 16), 8, 0, start, total, workers, rank, world, False)
-    return [b.sample_id.tolist() for b in loader]
+    return [b.sample_id.tolist() for b, _faults in loader]
 
 
 def test_ranks_and_workers_split_shards_and_resume_exactly(shards):

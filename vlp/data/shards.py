@@ -165,7 +165,11 @@ class ShardStream(IterableDataset):
         for _ in range(first, self.total, self.roles):
             pairs = [to_pair(next(stream), self.in_chans, self.image_size)
                      for _ in range(self.batch)]
-            yield self.collate(pairs)
+            yield self.collate(pairs), []  # (batch, faults): shard rows were checked
+
+    def __len__(self) -> int:
+        """Training pairs in all shards (every rank's)."""
+        return sum(s.samples for s in self.shards)
 
     def loader(self, collate: Collator, global_batch: int, seed: int, start: int, total: int,
                num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:

@@ -97,6 +97,30 @@ def _mlm_head(model: nn.Module, missing_keys: set[str]) -> nn.Module | None:
     return heads[0] if len(heads) == 1 else None
 
 
+def _from_pretrained(path: str, options: dict[str, Any]) -> tuple[nn.Module, nn.Module | None]:
+    """The encoder with its weights, and its masked-LM head where the checkpoint has one."""
+    transformers = _transformers()
+    try:
+        full, info = transformers.AutoModelForMaskedLM.from_pretrained(
+            path, output_loading_info=True, **options)
+    except ValueError:  # this architecture has no masked-LM class
+        return transformers.AutoModel.from_pretrained(path, **options), None
+    return full.base_model, _mlm_head(full, set(info["missing_keys"]))
+
+
+def _from_config(path: str, options: dict[str, Any]) -> tuple[nn.Module, nn.Module | None]:
+    """The same modules without weights (under torch.device("meta"), where the recipe check
+    sizes the model; transformers refuses to load weights there)."""
+    transformers = _transformers()
+    config = transformers.AutoConfig.from_pretrained(path, **options)
+    remote = {"trust_remote_code": options["trust_remote_code"]}
+    try:
+        full = transformers.AutoModelForMaskedLM.from_config(config, **remote)
+    except ValueError:
+        return transformers.AutoModel.from_config(config, **remote), None
+    return full.base_model, _mlm_head(full, set())
+
+
 class HFText(TextEncoder):
     """A local Hugging Face encoder folder (transformers AutoModel) with its own tokenizer."""
 
@@ -123,17 +147,11 @@ class HFText(TextEncoder):
 
     def __init__(self, params: Params, vocab_size: int, pad_id: int, max_len: int):
         super().__init__(params, vocab_size, pad_id, max_len)
-        transformers = _transformers()
         options = dict(local_files_only=True, trust_remote_code=params.trust_remote_code)
-        head = None
         try:
-            try:
-                full, info = transformers.AutoModelForMaskedLM.from_pretrained(
-                    params.path, output_loading_info=True, **options)
-                model = full.base_model
-                head = _mlm_head(full, set(info["missing_keys"]))
-            except ValueError:  # this architecture has no masked-LM class
-                model = transformers.AutoModel.from_pretrained(params.path, **options)
+            model, head = (_from_config(params.path, options)
+                           if torch.empty(()).device.type == "meta"  # the recipe's size check
+                           else _from_pretrained(params.path, options))
         except Exception as exc:  # broken or mismatched weights: OSError, SafetensorError, ...
             raise ValueError(f"cannot load the model in {params.path}: {exc}") from None
         if getattr(model, "pooler", None) is not None:
