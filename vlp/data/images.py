@@ -161,7 +161,7 @@ def _dicom_float(source: Path | BinaryIO, name: str | Path) -> np.ndarray:
     try:
         return dicom_to_float(ds)
     except Exception as exc:  # a decoder failing on this file's pixel data
-        raise DecodeError(name, "unreadable_image", f"cannot decode pixels: {exc}") from exc
+        raise DecodeError(name, "unreadable_image", f"pixel data: {exc}") from exc
 
 
 def _decode(source: Path | BinaryIO, dicom: bool, name: str | Path, in_chans: int,
@@ -170,8 +170,8 @@ def _decode(source: Path | BinaryIO, dicom: bool, name: str | Path, in_chans: in
         return _resize(_dicom_float(source, name), in_chans, size)
     try:
         return _load_pil(source, in_chans, size)
-    except Exception as exc:
-        raise DecodeError(name, "unreadable_image", f"cannot read image: {exc}") from exc
+    except Exception as exc:  # PIL raises assorted types (OSError, SyntaxError, ...)
+        raise DecodeError(name, "unreadable_image", str(exc)) from exc
 
 
 def decode_image(path: str | Path) -> np.ndarray:

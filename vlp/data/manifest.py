@@ -267,8 +267,11 @@ class ManifestDataset(Dataset[Pair]):
         try:
             image = load_image(entry.image, self.in_chans, self.image_size)
         except DecodeError as exc:  # removed, truncated or undecodable after the check
-            reason = "missing_image" if exc.reason == "missing_image" else "unreadable_image"
-            raise UnreadableSample(str(self.path), entry.row, reason, str(exc)) from exc
+            if exc.reason == "missing_image":
+                raise UnreadableSample(str(self.path), entry.row, "missing_image",
+                                       f"image file not found: {entry.image}") from exc
+            raise UnreadableSample(str(self.path), entry.row, "unreadable_image",
+                                   f"cannot decode image {entry.image}: {exc.detail}") from exc
         return Pair(image=torch.from_numpy(np.ascontiguousarray(image)), text=entry.text,
                     sample_id=entry.sample_id)
 
