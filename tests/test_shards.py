@@ -126,3 +126,21 @@ def test_two_gloo_ranks_train_and_resume_from_shards(shards, write_recipe, tmp_p
     assert [r["step"] for r in losses(tmp_path / "split")] == [1, 2, 3, 4]
     summary = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert summary["retrieval"]["n"] == 16 and summary["skipped_rows"] == {"missing_image": 1}
+
+
+def test_missing_shards_are_a_recipe_error(shards, write_recipe):
+    from vlp.core.errors import RecipeError
+    from vlp.core.recipe import load_recipe
+
+    path = write_recipe(f"""
+        _base_: tiny_base.yaml
+        data: {{_replace_: true, source: webdataset, image_size: 32,
+                urls: "{shards}/train/shard-{{000000..000009}}.tar",
+                val_urls: "{shards}/nowhere/shard-000000.tar"}}
+        objectives: {{itc: {{weight: 1.0}}}}
+    """)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert "data.urls: shard not found:" in text and "(2 missing)" in text
+    assert "data.val_urls: shard not found:" in text
