@@ -125,9 +125,12 @@ class HFText(TextEncoder):
     """A local Hugging Face encoder folder (transformers AutoModel) with its own tokenizer."""
 
     class Params(Params):
-        path: str  # a folder written by save_pretrained (config.json, weights, tokenizer)
-        trust_remote_code: bool = False  # run Python code shipped in the folder (CXR-BERT)
+        path: str
+        """A local folder written by save_pretrained (config.json, weights, tokenizer.json)."""
+        trust_remote_code: bool = False
+        """Run Python code shipped in the folder (CXR-BERT's auto_map); off unless set."""
         pool: Literal["cls", "mean"] = "cls"
+        """Summary of a report: the first ([CLS]) token or the mean of its real tokens."""
 
         @model_validator(mode="after")
         def _loadable(self):

@@ -20,6 +20,8 @@ from vlp.core.errors import ParamError, one_line
 from vlp.encoders.base import ImageEncoder
 from vlp.plugins.base import Params
 
+ARCH_OVERRIDES = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
 
 def channel_values(values: tuple[float, ...], in_chans: int) -> torch.Tensor:
     """(C, 1, 1) per-channel values: 3 averaged for 1-channel input, 1 repeated for 3 channels.
@@ -40,19 +42,30 @@ class TimmViT(ImageEncoder):
 
     class Params(Params):
         arch: str = "vit_base_patch16_224"
+        """timm model name of a Vision Transformer (timm.list_models('vit_*'))."""
         patch_size: int | None = Field(None, gt=0)  # overrides of the arch's defaults
+        """Patch size (default: the arch's)."""
         embed_dim: int | None = Field(None, gt=0)
+        """Token width (default: the arch's)."""
         depth: int | None = Field(None, gt=0)
+        """Transformer blocks (default: the arch's)."""
         num_heads: int | None = Field(None, gt=0)
+        """Attention heads (default: the arch's)."""
         mlp_ratio: float | None = Field(None, gt=0)
+        """MLP hidden width as a multiple of embed_dim (default: the arch's)."""
         drop_path_rate: float = Field(0.0, ge=0, lt=1)
+        """Stochastic depth rate."""
         pool: Literal["token", "avg"] = "token"  # summary: [CLS] token or mean of patch tokens
+        """Summary of an image: the [CLS] token or the mean of its patch tokens."""
         pretrained: bool = False
+        """Start from pretrained weights (needs weights: a local file)."""
         weights: str | None = None  # local file (safetensors or .pth) loaded with timm's adapter
-        # per-channel input normalisation; default: the pretrained config's when weights are
-        # loaded, none otherwise. One value, or three (averaged for 1-channel input)
+        """Local weights file (safetensors or .pth), adapted by timm; nothing is downloaded."""
         mean: tuple[float, ...] | None = None
+        """Per-channel input mean (1 or 3 values; 3 are averaged for 1-channel input). Default:
+        the timm pretrained config's when weights are loaded, else no normalisation."""
         std: tuple[Annotated[float, Field(gt=0)], ...] | None = None
+        """Per-channel input std, set together with mean."""
 
         @field_validator("arch")
         @classmethod
@@ -83,8 +96,7 @@ class TimmViT(ImageEncoder):
     def __init__(self, params: Params, image_size: int, in_chans: int):
         super().__init__(params, image_size, in_chans)
         overrides = {k: v for k, v in params.model_dump().items()
-                     if k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-                     and v is not None}
+                     if k in ARCH_OVERRIDES and v is not None}
         kwargs = dict(img_size=image_size, in_chans=in_chans, num_classes=0,
                       drop_path_rate=params.drop_path_rate, **overrides)
         if params.weights:

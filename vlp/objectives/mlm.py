@@ -37,8 +37,11 @@ class MLM(Objective):
 
     class Params(Params):
         text_view: str  # a masked text view (e.g. from the mlm_tokens masker)
+        """Masked text view to predict (e.g. from the mlm_tokens masker)."""
         fused: bool = False
+        """Predict from image-conditioned (fused) report tokens instead of the text encoder's."""
         image_view: str = "image"  # the image the report is conditioned on, when fused
+        """Image the report is conditioned on, when fused."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -53,7 +56,7 @@ class MLM(Objective):
     def needs(cls, params: Params) -> Needs:
         image = {"image_view": params.image_view} if params.fused else {}
         return Needs(image_views=image, text_views={"text_view": params.text_view},
-                     fusion=params.fused, masked=frozenset({"text_view"}))
+                     fusion=params.fused, masked=frozenset({"text_view"}), embeddings="none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
         p = self.params
