@@ -73,7 +73,8 @@ RECIPES = [
      "recipe.yaml:5: objectives.itc.weigth: unknown key `objectives.itc.weigth`, did you mean "
      "`weight`? (`weight` is required)"),
     ("data without source", GOOD + "data: {_replace_: true, path: x.csv}\n",
-     "recipe.yaml:6: data.source: required key is missing; expected one of: 'demo', 'manifest'"),
+     "recipe.yaml:6: data.source: required key is missing; expected one of: 'demo', 'manifest', "
+     "'webdataset'"),
     ("recursive alias", GOOD + "eval: &e {ks: *e}\n",
      "recipe.yaml:6: eval.ks: recursive alias: this value contains itself"),
     ("alias bomb", GOOD + "x0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(

@@ -1,5 +1,6 @@
 """Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins [NAME]`,
-`vlp eval RUN_DIR [--data MANIFEST]`, `vlp export RUN OUT --format ...`, `vlp embed`."""
+`vlp eval RUN_DIR [--data MANIFEST]`, `vlp export RUN OUT --format ...`, `vlp embed`,
+`vlp data shard MANIFEST OUT/` and `vlp data prepare KIND SRC OUT/`."""
 
 from __future__ import annotations
 
@@ -117,6 +118,68 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from vlp.data.manifest import ManifestDataset
+    from vlp.data.shards import write_shards
+
+    dataset = ManifestDataset(args.manifest, image_root=args.image_root,
+                              image_column=args.image_column, text_column=args.text_column,
+                              id_column=args.id_column, fmt=args.format)
+    index = write_shards(dataset, args.out, args.shard_size, args.seed)
+    print(f"{index['total']} samples in {len(index['shards'])} shards under {args.out}; "
+          f"bad rows skipped: {json.dumps(index['skipped'])}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from vlp.data.prepare import Options, prepare
+
+    options = Options(sections=tuple(args.sections.split(",")), val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, eval_size=args.eval_size,
+                      seed=args.seed)
+    report = prepare(args.kind, args.src, args.out, options, args.resize)
+    print(f"{args.kind}: rows {json.dumps(report['rows'])}; dropped "
+          f"{json.dumps(report['dropped'])}; manifests in {args.out}")
+    return 0
+
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="data set tools").add_subparsers(dest="action",
+                                                                      required=True)
+    shard = data.add_parser("shard", help="write a manifest's rows as webdataset tar shards")
+    shard.add_argument("manifest", type=Path, help="manifest file (csv, tsv or jsonl)")
+    shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and index.json")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    shard.add_argument("--seed", type=int, default=0, help="row shuffle before sharding")
+    shard.add_argument("--image-root", type=Path,
+                       help="folder image paths are relative to (default: the manifest's)")
+    shard.add_argument("--image-column", default="image", help="column of image paths")
+    shard.add_argument("--text-column", default="text", help="column of reports")
+    shard.add_argument("--id-column", help="column of sample ids (default: the row number)")
+    shard.add_argument("--format", choices=["csv", "tsv", "jsonl"],
+                       help="manifest format (default: from the suffix)")
+    shard.set_defaults(func=_cmd_shard)
+    from vlp.data.prepare import KINDS
+
+    prep = data.add_parser("prepare", help="manifests from a data set's published layout "
+                                           "(see docs/data-sources.md)")
+    prep.add_argument("kind", choices=sorted(KINDS), help="which data set's layout SRC has")
+    prep.add_argument("src", type=Path, help="the data set's folder, as published")
+    prep.add_argument("out", type=Path, help="folder for train/val/test.jsonl")
+    prep.add_argument("--resize", type=int, metavar="PX",
+                      help="also write PNG copies with this shorter side under OUT/images")
+    prep.add_argument("--sections", default="findings,impression",
+                      help="report sections to keep (MIMIC-CXR, IU X-Ray)")
+    prep.add_argument("--val-fraction", type=float, default=0.05,
+                      help="hashed split where the data set has none")
+    prep.add_argument("--test-fraction", type=float, default=0.05,
+                      help="hashed test share where the data set has no split")
+    prep.add_argument("--eval-size", type=int, default=2000,
+                      help="ROCO held-out pairs per split (M3AE protocol)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of hashed splits and sampling")
+    prep.set_defaults(func=_cmd_prepare)
+
+
 def _main_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
@@ -167,6 +230,7 @@ def _main_parser() -> argparse.ArgumentParser:
                     help="'latest', 'best', a step folder name (step_0000400) or a path")
     em.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda:0'")
     em.set_defaults(func=_cmd_embed)
+    _data_parser(sub)
     return p
 
 

@@ -17,6 +17,10 @@ BYTES_PER_PARAM = 16  # fp32 weight + gradient + AdamW's two moments
 
 def _tokens(recipe: Recipe) -> TokenIds:
     """The recipe's tokenizer file's ids, or those a trained one would have (specials first)."""
+    text = recipe.text_encoder
+    own = text.cls.pretrained_tokenizer(text.params)  # a pretrained folder's, if it has one
+    if own is not None:
+        return TokenIds.of(*own)
     spec = recipe.spec.model.tokenizer
     if spec.path is None:
         return TokenIds(spec.vocab_size, *range(len(SPECIAL_TOKENS)))

@@ -61,7 +61,8 @@ class VLPModel(nn.Module):
             grid_size=self.image_encoder.grid_size,
             num_prefix_tokens=self.image_encoder.num_prefix_tokens,
             channels=spec.data.channels, image_size=spec.data.image_size,
-            max_text_len=spec.data.max_text_len, tokens=tokens)
+            max_text_len=spec.data.max_text_len, tokens=tokens,
+            text_mlm_head=self.text_encoder.pretrained_mlm_head())
         self.maskers = {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
                         for name, r in recipe.views.items()}
         self.objectives = nn.ModuleDict(

@@ -95,6 +95,15 @@ class ManifestData(_DataCommon):
     strict: bool = False
 
 
+class WebDatasetData(_DataCommon):
+    """Tar shards written by `vlp data shard` (needs the wds extra); see docs/data-sources.md."""
+
+    source: Literal["webdataset"]
+    urls: str | list[str]  # shard paths, brace-expanded: shards/shard-{000000..000009}.tar
+    val_urls: str | list[str]  # held-out shards (read into memory)
+    tokenizer_samples: int = Field(20000, ge=1)  # reports read to train a tokenizer
+
+
 class OptimSpec(_Strict):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(1e-4, gt=0, le=1)
@@ -134,7 +143,7 @@ class EvalSpec(_Strict):
 
 class RecipeSpec(_Strict):
     seed: int = 0
-    data: Annotated[DemoData | ManifestData, Field(discriminator="source")]
+    data: Annotated[DemoData | ManifestData | WebDatasetData, Field(discriminator="source")]
     model: ModelSpec
     views: dict[str, ViewSpec] = {}
     objectives: dict[str, ObjectiveSpec]
@@ -200,7 +209,7 @@ def _dump(params: Params) -> dict[str, Any]:
 
 
 MISSING = "required key is missing"
-DATA_SOURCES = ("demo", "manifest")
+DATA_SOURCES = ("demo", "manifest", "webdataset")
 
 
 def _close(given: str, allowed: list[str]) -> str | None:
@@ -460,6 +469,20 @@ def _device_problem(name: str) -> str | None:
     return None
 
 
+def _shard_problem(urls: str | list[str]) -> str | None:
+    """Why these shard URLs cannot be read (missing extra, no shards, missing local files)."""
+    if importlib.util.find_spec("webdataset") is None:
+        return "data.source webdataset needs webdataset: pip install -e '.[wds]'"
+    from vlp.data.shards import expand
+
+    expanded = expand(urls)
+    missing = [u for u in expanded if "://" not in u and not u.startswith("pipe:")
+               and not Path(u).is_file()]
+    if not expanded:
+        return "no shards listed"
+    return f"shard not found: {missing[0]} ({len(missing)} missing)" if missing else None
+
+
 def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
                   problems: list[Problem]) -> None:
     """Checks across sections, and of files and devices named by the recipe."""
@@ -482,6 +505,11 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
                         Path(value), data.format, data.image_column, data.text_column,
                         data.id_column, data.group_column):
                     add(f"data.{column or field_name}", reason)
+    if isinstance(data, WebDatasetData):
+        for field_name in ("urls", "val_urls"):
+            reason = _shard_problem(getattr(data, field_name))
+            if reason:
+                add(f"data.{field_name}", reason)
     if isinstance(data, DemoData) and trainer is not None and eval_ is not None:
         for key, size, need, what in (
                 ("data.train_size", data.train_size, trainer.batch_size, "trainer.batch_size"),

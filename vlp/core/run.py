@@ -24,7 +24,13 @@ from vlp.core.recipe import ManifestData, Recipe, load_recipe
 from vlp.core.threads import apply_threads
 from vlp.data.collate import Collator
 from vlp.data.loader import DataSplits, build_datasets
-from vlp.data.tokenize import TokenIds, load_tokenizer, train_tokenizer
+from vlp.data.tokenize import (
+    BERT_SPECIALS,
+    SpecialTokens,
+    TokenIds,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,12 +60,19 @@ def latest_run_dir(recipe: Recipe) -> Path:
     return runs[-1]
 
 
-def _tokenizer(recipe: Recipe, run_dir: Path, texts: list[str]) -> Tokenizer:
-    """The run's tokenizer.json if present, else the recipe's file, else trained (rank 0)."""
-    saved = run_dir / "tokenizer.json"
+def _tokenizer(recipe: Recipe, run_dir: Path, texts: list[str]
+               ) -> tuple[Tokenizer, SpecialTokens]:
+    """The run's saved tokenizer if present; else the text encoder's own (a pretrained folder's),
+    the recipe's file, or one trained on the reports (rank 0), saved into the run folder."""
+    saved, saved_special = run_dir / "tokenizer.json", run_dir / "special_tokens.json"
     spec = recipe.spec.model.tokenizer
     if not saved.is_file() and D.rank() == 0:
-        if spec.path:
+        te = recipe.text_encoder
+        own = te.cls.pretrained_tokenizer(te.params)
+        if own is not None:
+            tok, special = own
+            special.save(saved_special)
+        elif spec.path:
             tok = load_tokenizer(spec.path)
         else:
             with phase("tokenizer training") as details:
@@ -71,7 +84,8 @@ def _tokenizer(recipe: Recipe, run_dir: Path, texts: list[str]) -> Tokenizer:
         tmp.replace(saved)
     if D.is_distributed():
         torch.distributed.barrier()
-    return load_tokenizer(saved)
+    special = SpecialTokens.load(saved_special) if saved_special.is_file() else BERT_SPECIALS
+    return load_tokenizer(saved, special), special
 
 
 @dataclass
@@ -81,11 +95,12 @@ class Run:
     device: torch.device
     data: DataSplits
     tokenizer: Tokenizer
+    special: SpecialTokens
     model: VLPModel
 
     @property
     def collate(self) -> Collator:
-        return Collator(self.tokenizer, self.recipe.spec.data.max_text_len)
+        return Collator(self.tokenizer, self.recipe.spec.data.max_text_len, self.special)
 
 
 def check_held_out(recipe: Recipe, data: DataSplits) -> None:
@@ -111,12 +126,12 @@ def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
                             f"{bad} bad rows")
     check_held_out(recipe, data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer(recipe, run_dir, data.train_texts)
+    tokenizer, special = _tokenizer(recipe, run_dir, data.train_texts)
     saved = run_dir / "recipe.yaml"
     if D.rank() == 0 and not saved.exists():  # a run keeps the recipe it started with
         saved.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    model = VLPModel(recipe, TokenIds.of(tokenizer)).to(device)
-    return Run(recipe, run_dir, device, data, tokenizer, model)
+    model = VLPModel(recipe, TokenIds.of(tokenizer, special)).to(device)
+    return Run(recipe, run_dir, device, data, tokenizer, special, model)
 
 
 def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "auto") -> Run:

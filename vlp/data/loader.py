@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset
 
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
@@ -23,7 +23,7 @@ from vlp.data.sample import DataError
 from vlp.seeding import mix_seed
 
 if TYPE_CHECKING:  # the recipe's data sections; data sits below core and never imports it
-    from vlp.core.recipe import DemoData, ManifestData
+    from vlp.core.recipe import DemoData, ManifestData, WebDatasetData
 
 
 @dataclass
@@ -52,8 +52,21 @@ def manifest_for_run(spec: DemoData | ManifestData, path: str | Path) -> Manifes
     return ManifestDataset(path, image_size=spec.image_size, in_chans=spec.channels)
 
 
-def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
+def _shards(spec: WebDatasetData) -> DataSplits:
+    """A shard stream for training, held-out shards in memory; bad rows counted at sharding."""
+    from vlp.data.shards import ShardPairs, ShardStream, expand, first_texts, read_index
+
+    shards, skipped = read_index(expand(spec.urls))
+    train = ShardStream(shards, spec.image_size, spec.channels)
+    val = ShardPairs(expand(spec.val_urls), spec.image_size, spec.channels)
+    return DataSplits(train, val, first_texts(shards, spec.tokenizer_samples), skipped,
+                      rows_read=len(train) + sum(skipped.values()))
+
+
+def build_datasets(spec: DemoData | ManifestData | WebDatasetData) -> DataSplits:
     """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
+    if spec.source == "webdataset":
+        return _shards(spec)
     if spec.source == "demo":
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
@@ -129,6 +142,10 @@ def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: i
     """Batches of steps start..total-1; rows unreadable when drawn are replaced and counted in
     the returned loader's `faults`. The loader's own generator (worker seeds) is seeded from
     `seed`, so starting it draws nothing from the global RNG that dropout uses."""
+    if isinstance(data.train, IterableDataset):  # a shard stream splits and resumes itself
+        return FaultCountingLoader(data.train.loader(collate, global_batch, seed, start, total,
+                                                     num_workers, rank, world, pin),
+                                   FaultLog() if faults is None else faults)
     sampler = StepBatchSampler(len(data.train), global_batch, seed, start, total, rank, world)
     loader = DataLoader(Replacing(data.train), batch_sampler=sampler,
                         collate_fn=FaultCollator(collate), num_workers=num_workers,

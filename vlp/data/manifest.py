@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from vlp.data.images import DecodeError, check_image, load_image
 from vlp.data.sample import DataError, Pair, UnreadableSample
 
 FORMATS = ("csv", "tsv", "jsonl")
@@ -25,8 +25,6 @@ REASONS = ("missing_image", "unreadable_image", "empty_text", "malformed_row")
 MAX_BAD_ROWS = 100
 _SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
                   ".ndjson": "jsonl"}
-_HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I": 65535.0,
-                     "F": 1.0}  # single-channel modes that "L" would clip, and their white
 
 
 @dataclass(frozen=True)
@@ -170,27 +168,11 @@ def manifest_problems(path: Path, fmt: str | None, image_column: str, text_colum
 
 
 def _check_image(path: Path) -> None:
-    if not path.is_file():
-        raise _BadRow("missing_image", f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises assorted types (OSError, SyntaxError, ...) on bad files
-        raise _BadRow("unreadable_image", f"cannot read image {path}: {exc}") from exc
-
-
-def _load_image(path: Path, in_chans: int, size: int) -> np.ndarray:
-    """(C, size, size) float32 in [0, 1]; 16-bit greyscale keeps its full range."""
-    with Image.open(path) as im:
-        if im.mode in _HIGH_DEPTH_SCALE:
-            grey = np.asarray(im, dtype=np.float32) / _HIGH_DEPTH_SCALE[im.mode]
-            resized = Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)[None]
-            return np.repeat(arr, in_chans, axis=0)
-        converted = im.convert("L" if in_chans == 1 else "RGB")
-        resized = converted.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(resized, dtype=np.float32) / 255.0
-        return arr[None] if in_chans == 1 else arr.transpose(2, 0, 1)
+        check_image(path)
+    except DecodeError as exc:  # no pixel data, unsupported compression, ... are unreadable
+        reason = "missing_image" if exc.reason == "missing_image" else "unreadable_image"
+        raise _BadRow(reason, str(exc)) from exc
 
 
 class ManifestDataset(Dataset[Pair]):
@@ -286,16 +268,20 @@ class ManifestDataset(Dataset[Pair]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entry(self, index: int) -> _Entry:
+        """The checked row behind item `index` (its image path, report and id)."""
+        return self._entries[index]
+
     def __getitem__(self, index: int) -> Pair:
         entry = self._entries[index]
         try:
-            image = _load_image(entry.image, self.in_chans, self.image_size)
-        except FileNotFoundError as exc:  # removed after the construction-time check
-            raise UnreadableSample(str(self.path), entry.row, "missing_image",
-                                   f"image file not found: {entry.image}") from exc
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or undecodable
+            image = load_image(entry.image, self.in_chans, self.image_size)
+        except DecodeError as exc:  # removed, truncated or undecodable after the check
+            if exc.reason == "missing_image":
+                raise UnreadableSample(str(self.path), entry.row, "missing_image",
+                                       f"image file not found: {entry.image}") from exc
             raise UnreadableSample(str(self.path), entry.row, "unreadable_image",
-                                   f"cannot decode image {entry.image}: {exc}") from exc
+                                   f"cannot decode image {entry.image}: {exc.detail}") from exc
         except DataError as exc:  # a decoder's own error, with its reason if it names one
             raise UnreadableSample(str(self.path), entry.row,
                                    getattr(exc, "reason", "unreadable_image"), str(exc)) from exc

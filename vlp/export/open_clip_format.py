@@ -82,10 +82,11 @@ def _vision(model: VLPModel) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _logit_scale(model: VLPModel) -> torch.Tensor:
-    """The first objective's learnt log inverse temperature, else CLIP's initial log(1/0.07)."""
-    for module in model.objectives.modules():
-        if isinstance(module, LearnableTemperature):
-            return module.log_scale.detach().clone()
+    """The first contrastive objective's learnt scale, else CLIP's initial log(1/0.07)."""
+    for objective in model.objectives.values():
+        for module in objective.modules():
+            if isinstance(module, LearnableTemperature):
+                return module.log_scale.detach().reshape(())
     return torch.tensor(math.log(1 / 0.07))
 
 

@@ -48,7 +48,9 @@ class MLM(Objective):
         width = ctx.fusion_width if params.fused else ctx.text_width
         if width is None:
             raise ValueError("fused MLM needs a fusion module")
-        self.head = MLMHead(width, ctx.tokens.vocab_size)
+        pretrained = ctx.text_mlm_head  # a pretrained text encoder's head, where widths match
+        self.head = (pretrained if pretrained is not None and width == ctx.text_width
+                     else MLMHead(width, ctx.tokens.vocab_size))
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
