@@ -171,3 +171,37 @@ def test_open_clip_export_gives_vlps_embeddings(write_recipe, tmp_path, pools):
         torch.testing.assert_close(text, step.text_embedding("text"), rtol=1e-5, atol=1e-5)
     learnt = model.objectives["itc"].temperature.log_scale
     assert loaded.logit_scale.item() == pytest.approx(learnt.item())
+
+
+def test_hf_export_of_an_hf_text_run_is_its_trained_model(write_recipe, tmp_path):
+    from test_hf_text import save_tiny_bert
+
+    from vlp.data.sample import Pair
+
+    folder = save_tiny_bert(tmp_path / "tiny-bert")
+    path = write_recipe(f"""
+        _base_: tiny_base.yaml
+        model: {{text_encoder: {{_replace_: true, name: hf_text, path: {folder}}}}}
+        objectives: {{itc: {{weight: 1.0}}}}
+        trainer: {{max_steps: 2}}
+    """)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-eval"]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    run = load_run(tmp_path / "run", device="cpu")
+    hf = transformers.AutoModel.from_pretrained(str(tmp_path / "hf")).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    texts = demo_reports(4)
+    batch = run.collate([Pair(torch.zeros(1, 32, 32), text, i) for i, text in enumerate(texts)])
+    encoded = hf_tok(texts, padding=True, truncation=True, return_tensors="pt",
+                     max_length=run.recipe.spec.data.max_text_len)  # the run's report length
+    assert torch.equal(encoded["input_ids"], batch.input_ids)
+    with torch.no_grad():
+        ours = run.model.eval().text_encoder(batch.input_ids, batch.attention_mask)
+        theirs = hf(**encoded).last_hidden_state
+    real = batch.attention_mask
+    torch.testing.assert_close(theirs[real], ours[real], rtol=1e-5, atol=1e-5)
+    trained = load_file(tmp_path / "run" / "checkpoints" / "step_0000002" / "model.safetensors")
+    original = transformers.AutoModel.from_pretrained(str(folder))
+    key = "embeddings.word_embeddings.weight"
+    assert not torch.equal(original.state_dict()[key], hf.state_dict()[key])  # trained weights
+    assert torch.equal(hf.state_dict()[key], trained[f"text_encoder.model.{key}"])

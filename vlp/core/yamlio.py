@@ -101,7 +101,7 @@ REPLACE_KEY = "_replace_"
 # Keys holding file paths: a relative value is read from the folder of the file that wrote it
 # (a `--set` value from the working directory) and kept absolute, so a run folder works anywhere.
 PATH_KEYS = ("data.path", "data.val_path", "data.image_root", "model.tokenizer.path",
-             "model.image_encoder.weights")
+             "model.image_encoder.weights", "model.text_encoder.path")  # hf_text's folder
 # A data section naming another `source` replaces the base's, keeping only these shared keys.
 SHARED_ON_SOURCE_SWITCH = ("image_size", "channels", "max_text_len", "num_workers", "seed",
                            "min_val_size")

@@ -6,7 +6,8 @@ counterpart is RoBERTa-PreLayerNorm. Its positions start after the padding id, s
 i is written to row pad_id + 1 + i. `AutoModel.from_pretrained(OUT)` and
 `AutoTokenizer.from_pretrained(OUT)` then give vlp's token features for every real token;
 `vlp_text_head.safetensors` holds the projection and `vlp_export.json` the pooling that make
-vlp's text embedding.
+vlp's text embedding. The `hf_text` encoder already is a transformers model: its trained weights
+are saved with its own folder's tokenizer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tokenizers import Tokenizer
 from vlp.core.model import VLPModel
 from vlp.data.tokenize import TokenIds
 from vlp.encoders.bert import BertEncoder
+from vlp.encoders.hf_text import HFText
 from vlp.export.errors import ExportError
 
 TEXT_HEAD = "vlp_text_head.safetensors"
@@ -41,7 +43,7 @@ def hf_text_model(model: VLPModel, tokens: TokenIds):
     encoder = model.text_encoder
     if not isinstance(encoder, BertEncoder):
         raise ExportError(f"the text encoder is {type(encoder).__name__}; the Hugging Face export "
-                          "of weights supports 'bert'")
+                          "supports 'bert' and 'hf_text'")
     transformers = _transformers()
     params, width = encoder.params, encoder.width
     max_len = encoder.pos_embed.shape[1]
@@ -90,9 +92,15 @@ def hf_tokenizer(tokenizer: Tokenizer, max_len: int):
 
 
 def export_hf(model: VLPModel, tokenizer: Tokenizer, out: Path) -> Path:
-    tokens = TokenIds.of(tokenizer)
-    hf_text_model(model, tokens).save_pretrained(str(out))
-    hf_tokenizer(tokenizer, model.text_encoder.pos_embed.shape[1]).save_pretrained(str(out))
+    encoder = model.text_encoder
+    if isinstance(encoder, HFText):  # its own transformers model and folder tokenizer
+        encoder.model.save_pretrained(str(out))
+        _transformers().AutoTokenizer.from_pretrained(
+            encoder.params.path, local_files_only=True,
+            trust_remote_code=encoder.params.trust_remote_code).save_pretrained(str(out))
+    else:
+        hf_text_model(model, TokenIds.of(tokenizer)).save_pretrained(str(out))
+        hf_tokenizer(tokenizer, encoder.pos_embed.shape[1]).save_pretrained(str(out))
     save_file({"text_projection.weight": model.text_proj.weight.detach().contiguous()},
               str(out / TEXT_HEAD))
     info = {"pool": model.text_encoder.pool, "embed_dim": model.text_proj.out_features,
