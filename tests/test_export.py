@@ -205,3 +205,13 @@ def test_hf_export_of_an_hf_text_run_is_its_trained_model(write_recipe, tmp_path
     key = "embeddings.word_embeddings.weight"
     assert not torch.equal(original.state_dict()[key], hf.state_dict()[key])  # trained weights
     assert torch.equal(hf.state_dict()[key], trained[f"text_encoder.model.{key}"])
+
+    open_clip = pytest.importorskip("open_clip")
+    out = tmp_path / "oc"
+    assert main(["export", str(tmp_path / "run"), str(out), "--format", "open_clip"]) == 0
+    loaded = open_clip.create_model(f"local-dir:{out}").eval()  # a BERT: no registration
+    with torch.no_grad():
+        step = Step(run.model, batch, torch.Generator())
+        text = loaded.encode_text(open_clip.get_tokenizer(f"local-dir:{out}")(texts),
+                                  normalize=True)
+        torch.testing.assert_close(text, step.text_embedding("text"), rtol=1e-5, atol=1e-5)

@@ -91,16 +91,22 @@ def hf_tokenizer(tokenizer: Tokenizer, max_len: int):
         mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]")
 
 
-def export_hf(model: VLPModel, tokenizer: Tokenizer, out: Path) -> Path:
+def hf_text_tower(model: VLPModel, tokenizer: Tokenizer):
+    """(transformers model, transformers tokenizer) of the run's text encoder: for `hf_text`
+    its own trained model and its folder's tokenizer, for `bert` the mapped copy."""
     encoder = model.text_encoder
-    if isinstance(encoder, HFText):  # its own transformers model and folder tokenizer
-        encoder.model.save_pretrained(str(out))
-        _transformers().AutoTokenizer.from_pretrained(
+    if isinstance(encoder, HFText):
+        return encoder.model, _transformers().AutoTokenizer.from_pretrained(
             encoder.params.path, local_files_only=True,
-            trust_remote_code=encoder.params.trust_remote_code).save_pretrained(str(out))
-    else:
-        hf_text_model(model, TokenIds.of(tokenizer)).save_pretrained(str(out))
-        hf_tokenizer(tokenizer, encoder.pos_embed.shape[1]).save_pretrained(str(out))
+            trust_remote_code=encoder.params.trust_remote_code)
+    return (hf_text_model(model, TokenIds.of(tokenizer)),
+            hf_tokenizer(tokenizer, model.ctx.max_text_len))
+
+
+def export_hf(model: VLPModel, tokenizer: Tokenizer, out: Path) -> Path:
+    hf_model, hf_tok = hf_text_tower(model, tokenizer)
+    hf_model.save_pretrained(str(out))
+    hf_tok.save_pretrained(str(out))
     save_file({"text_projection.weight": model.text_proj.weight.detach().contiguous()},
               str(out / TEXT_HEAD))
     info = {"pool": model.text_encoder.pool, "embed_dim": model.text_proj.out_features,

@@ -3,7 +3,8 @@
 The image tower is open_clip's own VisionTransformer holding the timm ViT's weights (no
 LayerNorm before the blocks, timm's eps, the patch bias folded into the position embedding;
 1-channel weights spread over RGB, which open_clip feeds a grey image as). The text tower is
-open_clip's Hugging Face adapter over the RoBERTa-PreLayerNorm model of vlp.export.hf_format.
+open_clip's Hugging Face adapter over the RoBERTa-PreLayerNorm model of vlp.export.hf_format
+(or, for the `hf_text` encoder, over its own trained transformers model).
 open_clip 3.3 adapts only the Hugging Face types listed in `open_clip.hf_configs.arch_dict`, and
 lists no pre-norm one, so loading needs one registration line first (see `register`), written
 to OUT/README.md as well.
@@ -21,9 +22,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vlp.core.model import VLPModel
-from vlp.data.tokenize import TokenIds
 from vlp.export.errors import ExportError
-from vlp.export.hf_format import hf_text_model, hf_tokenizer
+from vlp.export.hf_format import hf_text_tower
 from vlp.export.timm_format import timm_image_tower
 from vlp.objectives.temperature import LearnableTemperature
 
@@ -91,12 +91,11 @@ def _logit_scale(model: VLPModel) -> torch.Tensor:
 
 
 def export_open_clip(model: VLPModel, tokenizer: Tokenizer, out: Path) -> Path:
-    tokens = TokenIds.of(tokenizer)
     vision_cfg, state = _vision(model)
-    hf = hf_text_model(model, tokens)
+    hf, hf_tok = hf_text_tower(model, tokenizer)
     hf.config.save_pretrained(str(out))  # AutoConfig.from_pretrained(OUT) for the text tower
-    max_len = model.text_encoder.pos_embed.shape[1]
-    hf_tokenizer(tokenizer, max_len).save_pretrained(str(out))
+    max_len = model.ctx.max_text_len
+    hf_tok.save_pretrained(str(out))
     state.update({f"text.transformer.{k}": v.detach().contiguous()
                   for k, v in hf.state_dict().items()})
     state["text.proj.weight"] = model.text_proj.weight.detach().contiguous()
