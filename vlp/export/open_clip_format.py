@@ -25,6 +25,7 @@ from vlp.data.tokenize import TokenIds
 from vlp.export.errors import ExportError
 from vlp.export.hf_format import hf_text_model, hf_tokenizer
 from vlp.export.timm_format import timm_image_tower
+from vlp.objectives.temperature import LearnableTemperature
 
 HF_TYPE = "roberta-prelayernorm"
 REGISTER = ("from open_clip.hf_configs import arch_dict; "
@@ -83,9 +84,9 @@ def _vision(model: VLPModel) -> tuple[dict, dict[str, torch.Tensor]]:
 def _logit_scale(model: VLPModel) -> torch.Tensor:
     """The first contrastive objective's learnt scale, else CLIP's initial log(1/0.07)."""
     for objective in model.objectives.values():
-        scale = getattr(objective, "logit_scale", None)
-        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
-            return scale.detach().reshape(())
+        for module in objective.modules():
+            if isinstance(module, LearnableTemperature):
+                return module.log_scale.detach().reshape(())
     return torch.tensor(math.log(1 / 0.07))
 
 
