@@ -171,15 +171,6 @@ class ShardStream(IterableDataset):
         """Training pairs in all shards (every rank's)."""
         return sum(s.samples for s in self.shards)
 
-    def __getitem__(self, index: int) -> Pair:
-        """Pair `index` in written order, for checks before training (training iterates)."""
-        for shard in self.shards:
-            if index < shard.samples:
-                sample = next(s for i, s in enumerate(samples(shard.url)) if i == index)
-                return to_pair(sample, self.in_chans, self.image_size)
-            index -= shard.samples
-        raise IndexError("shard stream index out of range")
-
     def loader(self, collate: Collator, global_batch: int, seed: int, start: int, total: int,
                num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:
         """A DataLoader of the batches for steps start..total-1 of this rank."""
