@@ -42,8 +42,8 @@ from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.threads import ThreadChoice, apply_threads
 from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
-from vlp.data.faults import FaultCountingLoader, FaultLog, Replacing, all_faults, data_report
-from vlp.data.loader import train_loader
+from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
+from vlp.data.loader import probe_pairs, train_loader
 from vlp.seeding import mix_seed
 
 #: What `train` runs on the finished model (e.g. held-out retrieval): metrics by name.
@@ -171,8 +171,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     changes = check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
-    readable = Replacing(run.data.train)  # an unreadable first row is replaced, as in training
-    sample = run.collate([readable[i][0] for i in range(min(2, len(readable)))])
+    sample = run.collate(probe_pairs(run.data))
     check_every_parameter_trains(recipe, run.model, sample.to(device))
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
