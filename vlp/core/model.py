@@ -25,10 +25,12 @@ T = TypeVar("T")
 
 def _build(recipe: Recipe, key: str, make: Callable[[], T]) -> T:
     """Build one part; sizes that do not fit together become a RecipeError naming the part
-    (or the param a ParamError names)."""
+    (or the param a ParamError names). Plugins say so with ValueError (ParamError), libraries
+    they wrap often by assert; anything else (a TypeError, say) is the plugin's own bug and
+    keeps its traceback."""
     try:
         return make()
-    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError) as exc:
         if isinstance(exc, ParamError):
             key = exc.param if exc.absolute else f"{key}.{exc.param}"
         raise RecipeError([Problem(recipe.where(key), key,
@@ -39,11 +41,11 @@ class VLPModel(nn.Module):
     def __init__(self, recipe: Recipe, tokens: TokenIds):
         super().__init__()
         spec = recipe.spec
-        ie, te = recipe.image_encoder, recipe.text_encoder
-        self.image_encoder = _build(recipe, "model.image_encoder", lambda: ie.cls(
-            ie.params, image_size=spec.data.image_size, in_chans=spec.data.channels))
-        self.text_encoder = _build(recipe, "model.text_encoder", lambda: te.cls(
-            te.params, vocab_size=tokens.vocab_size, pad_id=tokens.pad,
+        image_spec, text_spec = recipe.image_encoder, recipe.text_encoder
+        self.image_encoder = _build(recipe, "model.image_encoder", lambda: image_spec.cls(
+            image_spec.params, image_size=spec.data.image_size, in_chans=spec.data.channels))
+        self.text_encoder = _build(recipe, "model.text_encoder", lambda: text_spec.cls(
+            text_spec.params, vocab_size=tokens.vocab_size, pad_id=tokens.pad,
             max_len=spec.data.max_text_len))
         needs_fusion = any(r.cls.needs(r.params).fusion for r in recipe.objectives.values())
         self.fusion = None

@@ -8,13 +8,18 @@ from einops import rearrange
 from torch import nn
 
 
+def check_heads_divide(width: int, heads: int, what: str = "width", name: str = "heads") -> None:
+    """Attention splits `width` into `heads` equal parts: a ValueError saying so if it cannot."""
+    if width % heads:
+        raise ValueError(f"{what} {width} is not divisible by {name} {heads}")
+
+
 class Attention(nn.Module):
     """Multi-head attention over SDPA; `kv` defaults to `x` (self-attention)."""
 
     def __init__(self, width: int, heads: int, kv_width: int | None = None, dropout: float = 0.0):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        check_heads_divide(width, heads)
         self.heads = heads
         self.dropout = dropout
         self.q = nn.Linear(width, width)

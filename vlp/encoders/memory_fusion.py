@@ -12,6 +12,7 @@ from torch import nn
 
 from vlp.core.features import FusedFeatures
 from vlp.encoders.fusion import CrossAttentionFusion
+from vlp.encoders.layers import check_heads_divide
 
 
 def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int) -> torch.Tensor:
@@ -42,8 +43,7 @@ class MemoryFusion(CrossAttentionFusion):
     def __init__(self, params: Params, image_width: int, text_width: int):
         super().__init__(params, image_width, text_width)
         w = self.width
-        if w % params.memory_heads:
-            raise ValueError(f"fusion width {w} must be divisible by memory_heads")
+        check_heads_divide(w, params.memory_heads, "fusion width", "memory_heads")
         self.memory = nn.Parameter(torch.randn(params.slots, w) * 0.02)
         self.memory_norm = nn.LayerNorm(w)
         self.query = nn.Linear(w, w)

@@ -78,30 +78,30 @@ class ITM(Objective):
                      embeddings="read" if params.negatives == "hard" else "none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
-        p = self.params
+        params = self.params
 
         def cands(x: torch.Tensor, grad: bool = False, pad_to: int | None = None
                   ) -> torch.Tensor:
             """Candidates: this rank's batch, or every rank's when `gather` is on (token
             tensors padded to a length all ranks share)."""
-            if not p.gather:
+            if not params.gather:
                 return x
             return D.gather_with_grad(x, pad_to) if grad else D.gather_no_grad(x, pad_to)
 
-        img, txt = step.image(p.image_view), step.text(p.text_view)
+        img, txt = step.image(params.image_view), step.text(params.text_view)
         ids = (step.batch.sample_id, step.batch.text_id)
         exclude = same_pair_mask(ids, tuple(cands(i) for i in ids))
-        hard = p.negatives == "hard"
+        hard = params.negatives == "hard"
         if hard:  # similarities of the shared ITC embeddings, no gradient
-            image_emb = step.image_embedding(p.image_view).detach().float()
-            text_emb = step.text_embedding(p.text_view).detach().float()
+            image_emb = step.image_embedding(params.image_view).detach().float()
+            text_emb = step.text_embedding(params.text_view).detach().float()
             with fp32(image_emb):  # bf16 would round near-equal similarities together
                 sim_i2t, sim_t2i = image_emb @ cands(text_emb).T, text_emb @ cands(image_emb).T
         else:
             sim_i2t = sim_t2i = torch.zeros(exclude.shape, device=exclude.device)
-        g = step.generator_for(f"itm/{p.image_view}/{p.text_view}")
-        neg_text = sample_negatives(sim_i2t, exclude, g, hard, p.temperature)
-        neg_image = sample_negatives(sim_t2i, exclude, g, hard, p.temperature)
+        g = step.generator_for(f"itm/{params.image_view}/{params.text_view}")
+        neg_text = sample_negatives(sim_i2t, exclude, g, hard, params.temperature)
+        neg_image = sample_negatives(sim_t2i, exclude, g, hard, params.temperature)
         matched = torch.cat([torch.ones_like(neg_text, dtype=torch.bool),
                              exclude.gather(1, neg_text[:, None]).squeeze(1),
                              exclude.gather(1, neg_image[:, None]).squeeze(1)]).long()
@@ -112,7 +112,7 @@ class ITM(Objective):
                                         "itm_negative_texts")
         text_with_neg_image = step.fuse(cands(img.tokens, grad=True)[neg_image], txt.tokens,
                                         txt.mask, "itm_negative_images")
-        positive = step.fused(p.image_view, p.text_view)
+        positive = step.fused(params.image_view, params.text_view)
         cls = torch.cat([positive.text[:, 0], image_with_neg_text.text[:, 0],
                          text_with_neg_image.text[:, 0]])
         logits = self.head(cls)

@@ -99,18 +99,18 @@ class MIM(Objective):
 
     def image_tokens(self, step: Step) -> tuple[torch.Tensor, int]:
         """(prefix + kept patch tokens, number of prefix tokens) from the chosen source."""
-        p = self.params
-        features = step.image(p.image_view)
-        if p.source == "encoder":
+        params = self.params
+        features = step.image(params.image_view)
+        if params.source == "encoder":
             return features.tokens, features.num_prefix
-        fused = step.fused(p.image_view, p.text_view)
-        if p.fusion_layer == -1:
+        fused = step.fused(params.image_view, params.text_view)
+        if params.fusion_layer == -1:
             return fused.image, features.num_prefix
-        if not -len(fused.image_layers) <= p.fusion_layer < len(fused.image_layers):
-            raise ValueError(f"fusion_layer {p.fusion_layer}: the fusion exposes "
+        if not -len(fused.image_layers) <= params.fusion_layer < len(fused.image_layers):
+            raise ValueError(f"fusion_layer {params.fusion_layer}: the fusion exposes "
                              f"{len(fused.image_layers)} image layers (only a bidirectional "
                              "fusion updates the image stream per layer)")
-        return fused.image_layers[p.fusion_layer], features.num_prefix
+        return fused.image_layers[params.fusion_layer], features.num_prefix
 
     def forward(self, step: Step) -> ObjectiveOutput:
         view = step.image_view(self.params.image_view)

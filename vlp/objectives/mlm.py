@@ -54,12 +54,12 @@ class MLM(Objective):
                      fusion=params.fused, masked=frozenset({"text_view"}), embeddings="none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
-        p = self.params
-        view = step.text_view(p.text_view)
+        params = self.params
+        view = step.text_view(params.text_view)
         if view.positions is None:
-            raise ValueError(f"MLM needs a masked text view; '{p.text_view}' has no labels")
-        tokens = (step.fused(p.image_view, p.text_view).text if p.fused
-                  else step.text(p.text_view).tokens)
+            raise ValueError(f"MLM needs a masked text view; '{params.text_view}' has no labels")
+        tokens = (step.fused(params.image_view, params.text_view).text if params.fused
+                  else step.text(params.text_view).tokens)
         picked = tokens.gather(1, view.positions[..., None].expand(-1, -1, tokens.shape[-1]))
         logits = self.head(picked)  # only masked positions reach the vocabulary projection
         labels = view.position_labels
