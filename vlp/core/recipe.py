@@ -91,6 +91,15 @@ class ManifestData(_DataCommon):
     strict: bool = False
 
 
+class ParamGroupSpec(_Strict):
+    """Parameters whose dotted name matches the glob `match` (e.g. "fusion.*"): their learning
+    rate times `lr_scale` and, if given, their own weight decay (0 to exempt them)."""
+
+    match: str = Field(min_length=1)
+    lr_scale: float = Field(1.0, gt=0)
+    weight_decay: float | None = Field(None, ge=0, le=10)
+
+
 class OptimSpec(_Strict):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(1e-4, gt=0, le=1)
@@ -98,6 +107,7 @@ class OptimSpec(_Strict):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.9, 0.98)
     eps: float = Field(1e-6, gt=0, le=1)
+    groups: list[ParamGroupSpec] = []  # the first group matching a parameter applies
 
 
 class ScheduleSpec(_Strict):

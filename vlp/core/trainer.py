@@ -168,7 +168,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     readable = Replacing(run.data.train)  # an unreadable first row is replaced, as in training
     sample = run.collate([readable[i][0] for i in range(min(2, len(readable)))])
     check_every_parameter_trains(recipe, run.model, sample.to(device))
-    optimizer = build_optimizer(run.model, spec.optim)
+    optimizer = build_optimizer(run.model, spec.optim, recipe.where)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
     start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
