@@ -19,6 +19,7 @@ from vlp.core.recipe import Recipe
 from vlp.core.step import Step
 from vlp.data.batch import Batch
 from vlp.data.tokenize import TokenIds
+from vlp.encoders.layers import bert_init_
 
 T = TypeVar("T")
 
@@ -71,6 +72,19 @@ class VLPModel(nn.Module):
              for name, r in recipe.objectives.items()})
         self.weights = {name: r.weight for name, r in recipe.objectives.items()}
         self._freeze_what_nothing_trains(recipe)
+        if spec.model.init != "pytorch":
+            self._initialise(spec.model.init)
+
+    def _initialise(self, style: str) -> None:
+        """The recipe's initialisation for what vlp trains from scratch: a pretrained text
+        encoder (one that says `pretrained`) keeps its weights; objectives init their heads."""
+        if not getattr(self.text_encoder, "pretrained", False):
+            bert_init_(self.text_encoder)
+        for part in (self.fusion, self.image_proj, self.text_proj):
+            if part is not None:
+                bert_init_(part)
+        for objective in self.objectives.values():
+            objective.init_weights(style)
 
     def _freeze_what_nothing_trains(self, recipe: Recipe) -> None:
         """Shared parts no objective reads (the text encoder of an image-only recipe, the

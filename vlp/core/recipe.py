@@ -62,6 +62,9 @@ class ModelSpec(_Strict):
     fusion: PluginSpec | None = None
     embed_dim: int = Field(256, gt=0)
     tokenizer: TokenizerSpec = TokenizerSpec()
+    # "bert": normal(0, 0.02) Linear/Embedding weights, zero biases, LayerNorm 1/0 for the text
+    # encoder (unless pretrained), fusion, projections and objective heads; "pytorch": defaults
+    init: Literal["pytorch", "bert"] = "pytorch"
 
 
 class _DataCommon(_Strict):

@@ -61,6 +61,14 @@ class Objective(nn.Module, Plugin):
     def forward(self, step: Step) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def init_weights(self, style: str) -> None:
+        """Re-initialise the objective's heads for the recipe's `model.init` ("bert":
+        normal(0, 0.02) layers; "pytorch": leave PyTorch's defaults)."""
+        if style == "bert":
+            from vlp.encoders.layers import bert_init_
+
+            bert_init_(self)
+
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         """Called after each optimiser step: clamps every learnable temperature it holds."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from vlp.core.errors import ParamError
 from vlp.encoders.base import patchify
-from vlp.encoders.layers import Block
+from vlp.encoders.layers import Block, sincos_positions_2d, xavier_init_
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
 from vlp.plugins.base import Params
 
@@ -63,6 +63,9 @@ class MIM(Objective):
         decoder_depth: int = Field(2, gt=0)
         decoder_heads: int = Field(4, gt=0)
         norm_pix: bool = True
+        # "mae": xavier-uniform decoder and fixed 2-D sin-cos decoder positions (MAE);
+        # "learned": PyTorch's default layers and learned positions from normal(0, 0.02)
+        decoder_init: Literal["mae", "learned"] = "mae"
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -81,11 +84,23 @@ class MIM(Objective):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, w))
         self.pos_embed = nn.Parameter(torch.zeros(1, ctx.num_prefix_tokens + ctx.num_patches, w))
         nn.init.normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(Block(w, params.decoder_heads) for _ in
                                     range(params.decoder_depth))
         self.norm = nn.LayerNorm(w)
         self.pred = nn.Linear(w, ctx.patch_size ** 2 * ctx.channels)
+        if params.decoder_init == "mae":
+            xavier_init_(self)
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_positions_2d(w, ctx.grid_size,
+                                                         ctx.num_prefix_tokens)[None])
+            self.pos_embed.requires_grad_(False)  # fixed, as in MAE
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def init_weights(self, style: str) -> None:
+        """The model-wide `model.init` leaves an MAE-initialised decoder as it is."""
+        if self.params.decoder_init != "mae":
+            super().init_weights(style)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token", "pos_embed"}
