@@ -71,6 +71,9 @@ class VLPModel(nn.Module):
             {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
              for name, r in recipe.objectives.items()})
         self.weights = {name: r.weight for name, r in recipe.objectives.items()}
+        for name, objective in self.objectives.items():
+            _build(recipe, recipe.objectives[name].key,
+                   lambda objective=objective: objective.bind(self.objectives))
         self._freeze_what_nothing_trains(recipe)
         if spec.model.init != "pytorch":
             self._initialise(spec.model.init)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -60,6 +61,10 @@ class Objective(nn.Module, Plugin):
 
     def forward(self, step: Step) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def bind(self, objectives: Mapping[str, Objective]) -> None:
+        """Called once every objective of the recipe is built, e.g. to check one this
+        objective reads from (raise ParamError naming the param if it does not fit)."""
 
     def init_weights(self, style: str) -> None:
         """Re-initialise the objective's heads for the recipe's `model.init` ("bert":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -10,8 +11,11 @@ from pydantic import Field
 from torch import nn
 
 from vlp.core import distributed as D
+from vlp.core.errors import ParamError
+from vlp.core.features import FusedFeatures
 from vlp.core.ops import fp32
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
+from vlp.objectives.temperature import LearnableTemperature
 from vlp.plugins.base import Params
 
 if TYPE_CHECKING:
@@ -30,7 +34,8 @@ def same_pair_mask(query_ids: tuple[torch.Tensor, ...], cand_ids: tuple[torch.Te
 
 
 def sample_negatives(sim: torch.Tensor, exclude: torch.Tensor, generator: torch.Generator,
-                     hard: bool = True, temperature: float = 0.07) -> torch.Tensor:
+                     hard: bool = True, temperature: float | torch.Tensor = 0.07
+                     ) -> torch.Tensor:
     """One negative candidate per query row in a single vectorised draw (no host sync).
 
     Hard: probability proportional to softmax(sim / temperature) over allowed candidates;
@@ -62,14 +67,49 @@ class ITM(Objective):
         text_view: str = "text"
         negatives: Literal["hard", "random"] = "hard"
         temperature: float = Field(0.07, gt=0)  # sharpness of hard-negative sampling
+        # sample with the learned temperature of this objective instead (ALBEF ties it to ITC)
+        temperature_from: str | None = None
+        # "text_cls": the fused report's [CLS] (ALBEF); "concat": pooled fused text and image,
+        # concatenated (M3AE; with a bidirectional fusion the image stream is report-aware)
+        head: Literal["text_cls", "concat"] = "text_cls"
         gather: bool = False  # draw candidates from every rank's batch (DDP)
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
         if ctx.fusion_width is None:
             raise ValueError("ITM needs a fusion module")
-        self.head = nn.Linear(ctx.fusion_width, 2)
+        width = ctx.fusion_width
+        if params.head == "concat":  # M3AE's poolers: dense + tanh on each stream's first token
+            self.text_pool = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+            self.image_pool = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.head = nn.Linear(width * (2 if params.head == "concat" else 1), 2)
         self.max_text_len = ctx.max_text_len
+
+    def bind(self, objectives: Mapping[str, Objective]) -> None:
+        name = self.params.temperature_from
+        if name is None:
+            return
+        source = objectives[name] if name in objectives else None
+        if not isinstance(getattr(source, "temperature", None), LearnableTemperature):
+            have = [n for n, o in objectives.items()
+                    if isinstance(getattr(o, "temperature", None), LearnableTemperature)]
+            raise ParamError("temperature_from", f"{name!r} is not an objective of this "
+                             "recipe with a learned temperature (those with one: "
+                             f"{', '.join(have) or 'none'})")
+
+    def sampling_temperature(self, step: Step) -> torch.Tensor | float:
+        """The recipe's fixed temperature, or the named objective's learned one (no grad)."""
+        name = self.params.temperature_from
+        if name is None:
+            return self.params.temperature
+        return step.model.objectives[name].temperature.temperature()
+
+    def pooled(self, fused: FusedFeatures) -> torch.Tensor:
+        """What the head reads of one fused pair."""
+        if self.params.head == "text_cls":
+            return fused.text[:, 0]
+        return torch.cat([self.text_pool(fused.text[:, 0]), self.image_pool(fused.image[:, 0])],
+                         dim=-1)
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
@@ -100,8 +140,9 @@ class ITM(Objective):
         else:
             sim_i2t = sim_t2i = torch.zeros(exclude.shape, device=exclude.device)
         g = step.generator_for(f"itm/{params.image_view}/{params.text_view}")
-        neg_text = sample_negatives(sim_i2t, exclude, g, hard, params.temperature)
-        neg_image = sample_negatives(sim_t2i, exclude, g, hard, params.temperature)
+        temperature = self.sampling_temperature(step)
+        neg_text = sample_negatives(sim_i2t, exclude, g, hard, temperature)
+        neg_image = sample_negatives(sim_t2i, exclude, g, hard, temperature)
         matched = torch.cat([torch.ones_like(neg_text, dtype=torch.bool),
                              exclude.gather(1, neg_text[:, None]).squeeze(1),
                              exclude.gather(1, neg_image[:, None]).squeeze(1)]).long()
@@ -113,8 +154,7 @@ class ITM(Objective):
         text_with_neg_image = step.fuse(cands(img.tokens, grad=True)[neg_image], txt.tokens,
                                         txt.mask, "itm_negative_images")
         positive = step.fused(params.image_view, params.text_view)
-        cls = torch.cat([positive.text[:, 0], image_with_neg_text.text[:, 0],
-                         text_with_neg_image.text[:, 0]])
-        logits = self.head(cls)
+        logits = self.head(torch.cat([self.pooled(positive), self.pooled(image_with_neg_text),
+                                      self.pooled(text_with_neg_image)]))
         accuracy = (logits.argmax(-1) == matched).float().mean()
         return ObjectiveOutput(itm_loss(logits, matched), {"accuracy": accuracy})
