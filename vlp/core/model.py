@@ -73,7 +73,7 @@ class VLPModel(nn.Module):
         self.weights = {name: r.weight for name, r in recipe.objectives.items()}
         for name, objective in self.objectives.items():
             _build(recipe, recipe.objectives[name].key,
-                   lambda objective=objective: objective.bind(self.objectives))
+                   lambda objective=objective: objective.bind(self))
         self._freeze_what_nothing_trains(recipe)
         if spec.model.init != "pytorch":
             self._initialise(spec.model.init)

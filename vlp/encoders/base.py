@@ -52,6 +52,15 @@ class TextEncoder(nn.Module, Plugin):
         """(B, T) ids and bool mask -> (B, T, width); position 0 is the [CLS] summary."""
         raise NotImplementedError
 
+    def input_embeddings(self) -> nn.Embedding | None:
+        """The token embedding table, for an MLM head tied to it (None: not offered)."""
+        return None
+
+    def mlm_head(self) -> nn.Module | None:
+        """A masked-LM head that came with the encoder (e.g. a pretrained one): token
+        features (..., width) -> vocabulary logits. None: the encoder has none."""
+        return None
+
 
 class Fusion(nn.Module, Plugin):
     """Fuses image tokens and text tokens of one pair of views into joint features."""

@@ -43,6 +43,9 @@ class BertEncoder(TextEncoder):
                                           params.dropout) for _ in range(params.layers))
         self.norm = nn.LayerNorm(params.width)
 
+    def input_embeddings(self) -> nn.Embedding:
+        return self.token_embed
+
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -62,9 +61,10 @@ class Objective(nn.Module, Plugin):
     def forward(self, step: Step) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def bind(self, objectives: Mapping[str, Objective]) -> None:
-        """Called once every objective of the recipe is built, e.g. to check one this
-        objective reads from (raise ParamError naming the param if it does not fit)."""
+    def bind(self, model: nn.Module) -> None:
+        """Called once the whole model is built (encoders, every objective), e.g. to check a
+        part this objective reads from; raise ParamError naming the param if it does not fit.
+        Keep no module reference as an attribute (it would be registered twice)."""
 
     def init_weights(self, style: str) -> None:
         """Re-initialise the objective's heads for the recipe's `model.init` ("bert":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -85,11 +84,11 @@ class ITM(Objective):
         self.head = nn.Linear(width * (2 if params.head == "concat" else 1), 2)
         self.max_text_len = ctx.max_text_len
 
-    def bind(self, objectives: Mapping[str, Objective]) -> None:
-        name = self.params.temperature_from
+    def bind(self, model: nn.Module) -> None:
+        name, objectives = self.params.temperature_from, dict(model.objectives)
         if name is None:
             return
-        source = objectives[name] if name in objectives else None
+        source = objectives.get(name)
         if not isinstance(getattr(source, "temperature", None), LearnableTemperature):
             have = [n for n, o in objectives.items()
                     if isinstance(getattr(o, "temperature", None), LearnableTemperature)]

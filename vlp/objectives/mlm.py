@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.core.errors import ParamError
 from vlp.maskers.mlm import IGNORE
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
 from vlp.plugins.base import Params
@@ -32,6 +33,19 @@ class MLMHead(nn.Sequential):
                          nn.Linear(width, vocab_size))
 
 
+class TiedMLMHead(nn.Module):
+    """BERT's head with its vocabulary projection tied to the token embeddings: transform,
+    GELU, LayerNorm, then logits = h @ E^T + b with E the encoder's (shared) embedding table."""
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(features), embedding, self.bias)
+
+
 class MLM(Objective):
     """Masked language modelling; `fused: true` predicts from image-conditioned (fused) tokens."""
 
@@ -39,13 +53,43 @@ class MLM(Objective):
         text_view: str  # a masked text view (e.g. from the mlm_tokens masker)
         fused: bool = False
         image_view: str = "image"  # the image the report is conditioned on, when fused
+        # "own": a new head; "tied": its vocabulary projection is the text encoder's token
+        # embedding table (BERT); "encoder": the head the text encoder brings (pretrained)
+        head: Literal["own", "tied", "encoder"] = "own"
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
         width = ctx.fusion_width if params.fused else ctx.text_width
         if width is None:
             raise ValueError("fused MLM needs a fusion module")
-        self.head = MLMHead(width, ctx.tokens.vocab_size)
+        self.width = width
+        if params.head == "own":
+            self.head = MLMHead(width, ctx.tokens.vocab_size)
+        elif params.head == "tied":
+            self.head = TiedMLMHead(width, ctx.tokens.vocab_size)
+
+    def bind(self, model: nn.Module) -> None:
+        encoder = model.text_encoder
+        if self.params.head == "tied":
+            embedding = encoder.input_embeddings()
+            if embedding is None:
+                raise ParamError("head", f"the text encoder ({type(encoder).__name__}) offers "
+                                 "no token embeddings to tie to")
+            if embedding.weight.shape[1] != self.width:
+                raise ParamError("head", f"tied: the token embeddings are "
+                                 f"{embedding.weight.shape[1]} wide, the features {self.width}")
+        if self.params.head == "encoder" and encoder.mlm_head() is None:
+            raise ParamError("head", f"the text encoder ({type(encoder).__name__}) brings no "
+                             "MLM head; use head: own or tied")
+
+    def logits(self, step: Step, picked: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of the features at masked positions."""
+        encoder = step.model.text_encoder
+        if self.params.head == "tied":
+            return self.head(picked, encoder.input_embeddings().weight)
+        if self.params.head == "encoder":
+            return encoder.mlm_head()(picked)
+        return self.head(picked)
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
@@ -61,7 +105,7 @@ class MLM(Objective):
         tokens = (step.fused(params.image_view, params.text_view).text if params.fused
                   else step.text(params.text_view).tokens)
         picked = tokens.gather(1, view.positions[..., None].expand(-1, -1, tokens.shape[-1]))
-        logits = self.head(picked)  # only masked positions reach the vocabulary projection
+        logits = self.logits(step, picked)  # only masked positions reach the vocabulary
         labels = view.position_labels
         valid = labels != IGNORE
         accuracy = ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
