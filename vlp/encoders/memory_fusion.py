@@ -1,9 +1,11 @@
-"""Memory-augmented cross-modal fusion: image tokens read a learnable memory with top-k sparse
-attention, the response is added to them, and the report attends to the augmented image."""
+"""Memory-augmented cross-modal fusion: image tokens (and optionally report tokens) read a
+learnable memory with top-k sparse multi-head attention, the response is added to them, and
+the report attends to the augmented image."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -33,6 +35,9 @@ class MemoryFusion(CrossAttentionFusion):
         slots: int = Field(2048, gt=0)
         topk: int = Field(32, gt=0)
         memory_heads: int = Field(1, gt=0)
+        # "image": image tokens read the memory; "both": report tokens read the same memory
+        # through the same attention too, one memory shared across modalities (R2GenCMN)
+        memory_reads: Literal["image", "both"] = "image"
 
         @model_validator(mode="after")
         def _topk_within_slots(self):
@@ -63,5 +68,7 @@ class MemoryFusion(CrossAttentionFusion):
     def forward(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
                 text_mask: torch.Tensor) -> FusedFeatures:
         img = self.image_in(image_tokens)
-        augmented = img + self.read_memory(img)
-        return self.fuse(augmented, self.text_in(text_tokens), text_mask)
+        txt = self.text_in(text_tokens)
+        if self.params.memory_reads == "both":
+            txt = txt + self.read_memory(txt)
+        return self.fuse(img + self.read_memory(img), txt, text_mask)
