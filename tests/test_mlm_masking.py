@@ -327,11 +327,12 @@ def test_mlm_head_from_the_text_encoder(write_recipe, monkeypatch):
     from vlp.core.errors import RecipeError
     from vlp.encoders.bert import BertEncoder
 
-    with pytest.raises(RecipeError, match=r"objectives\.mlm\.head: .*brings no MLM head"):
+    with pytest.raises(RecipeError, match=r"objectives\.mlm\.head: .*no pretrained MLM head"):
         tied_model(write_recipe, "encoder")
     pretrained = torch.nn.Linear(32, 300)
-    monkeypatch.setattr(BertEncoder, "mlm_head", lambda self: pretrained)
+    monkeypatch.setattr(BertEncoder, "pretrained_mlm_head", lambda self: pretrained)
     model = tied_model(write_recipe, "encoder")
+    assert model.objectives["mlm"].head is pretrained  # registered (and trained) under MLM
     features = torch.randn(2, 5, 32)
     torch.testing.assert_close(
         model.objectives["mlm"].logits(SimpleNamespace(model=model), features),

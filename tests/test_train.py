@@ -106,6 +106,7 @@ def test_manifest_bad_rows_are_counted_in_the_summary(write_recipe, tmp_path):
                 image_column: file, text_column: report, image_size: 32, val_fraction: 0.2}}
         objectives: {{itc: {{weight: 1.0}}}}
         trainer: {{max_steps: 2}}
+        eval: {{ks: [1, 5]}}
     """)
     result = train(load_recipe(path), out=tmp_path / "run", evaluate=retrieval_of_run)
     summary = json.loads((result.run_dir / "summary.json").read_text())

@@ -44,8 +44,9 @@ class TextFeatures:
 
     @property
     def pooled(self) -> torch.Tensor:
-        if self.pool == "cls":
-            return self.tokens[:, 0]
+        if self.pool == "cls":  # the first real token: position 0 unless padded on the left
+            first = self.mask.int().argmax(1)
+            return self.tokens[torch.arange(self.tokens.shape[0], device=first.device), first]
         return masked_mean(self.tokens, self.mask.unsqueeze(-1), dim=1)
 
 

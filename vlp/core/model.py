@@ -64,7 +64,8 @@ class VLPModel(nn.Module):
             grid_size=self.image_encoder.grid_size,
             num_prefix_tokens=self.image_encoder.num_prefix_tokens,
             channels=spec.data.channels, image_size=spec.data.image_size,
-            max_text_len=spec.data.max_text_len, tokens=tokens)
+            max_text_len=spec.data.max_text_len, tokens=tokens,
+            text_mlm_head=self.text_encoder.pretrained_mlm_head())
         self.maskers = {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
                         for name, r in recipe.views.items()}
         self.objectives = nn.ModuleDict(
@@ -76,18 +77,19 @@ class VLPModel(nn.Module):
                    lambda objective=objective: objective.bind(self))
         self._freeze_what_nothing_trains(recipe)
         if spec.model.init != "pytorch":
-            self._initialise(spec.model.init)
+            self._initialise(recipe)
 
-    def _initialise(self, style: str) -> None:
+    def _initialise(self, recipe: Recipe) -> None:
         """The recipe's initialisation for what vlp trains from scratch: a pretrained text
-        encoder (one that says `pretrained`) keeps its weights; objectives init their heads."""
-        if not getattr(self.text_encoder, "pretrained", False):
+        encoder (one with its own tokenizer) keeps its weights; objectives init their heads."""
+        text = recipe.text_encoder
+        if text.cls.pretrained_tokenizer(text.params) is None:
             bert_init_(self.text_encoder)
         for part in (self.fusion, self.image_proj, self.text_proj):
             if part is not None:
                 bert_init_(part)
         for objective in self.objectives.values():
-            objective.init_weights(style)
+            objective.init_weights(recipe.spec.model.init)
 
     def _freeze_what_nothing_trains(self, recipe: Recipe) -> None:
         """Shared parts no objective reads (the text encoder of an image-only recipe, the

@@ -33,11 +33,14 @@ class MemoryFusion(CrossAttentionFusion):
 
     class Params(CrossAttentionFusion.Params):
         slots: int = Field(2048, gt=0)
+        """Slots of the learnable memory."""
         topk: int = Field(32, gt=0)
+        """Memory slots each image token reads (top-k sparse attention)."""
         memory_heads: int = Field(1, gt=0)
-        # "image": image tokens read the memory; "both": report tokens read the same memory
-        # through the same attention too, one memory shared across modalities (R2GenCMN)
+        """Attention heads of the memory read."""
         memory_reads: Literal["image", "both"] = "image"
+        """Who reads the memory: 'image' tokens, or 'both' modalities through the same
+        attention, one memory shared across modalities (R2GenCMN)."""
 
         @model_validator(mode="after")
         def _topk_within_slots(self):

@@ -58,14 +58,23 @@ class GLA(Objective):
 
     class Params(Params):
         image_view: str = "image"
+        """Image view whose patch tokens are aligned."""
         text_view: str = "text"
+        """Text view whose word tokens are aligned."""
         global_weight: float = Field(1.0, ge=0)
+        """Weight of the global (pooled) image-report contrastive term."""
         local_weight: float = Field(1.0, ge=0)
+        """Weight of the local word-patch alignment term."""
         local: Literal["filip", "gloria"] = "filip"
+        """Local alignment: FILIP token-wise max similarity or GLoRIA attention-weighted."""
         init_temperature: float = Field(0.07, gt=0)
+        """Initial softmax temperature (learnable)."""
         max_logit_scale: float = Field(100.0, gt=1)
+        """Cap on the learnable logit scale exp(1/temperature)."""
         attn_temperature: float = Field(4.0, gt=0)  # GLoRIA gamma_1
+        """GLoRIA gamma_1: sharpness of word-to-patch attention."""
         agg_temperature: float = Field(5.0, gt=0)  # GLoRIA gamma_2
+        """GLoRIA gamma_2: sharpness of the word-score aggregation."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)

@@ -53,9 +53,13 @@ class ITC(Objective):
 
     class Params(Params):
         image_view: str = "image"
+        """Image view to contrast (e.g. a masked view for FLIP-style ITC)."""
         text_view: str = "text"
+        """Text view to contrast."""
         init_temperature: float = Field(0.07, gt=0)
+        """Initial softmax temperature (learnable)."""
         max_logit_scale: float = Field(100.0, gt=1)  # CLIP clamps exp(scale) at 100
+        """Cap on the learnable logit scale (CLIP clamps exp(scale) at 100)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)

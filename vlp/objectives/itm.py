@@ -63,15 +63,20 @@ class ITM(Objective):
 
     class Params(Params):
         image_view: str = "image"
+        """Image view of the pairs to classify."""
         text_view: str = "text"
+        """Text view of the pairs to classify."""
         negatives: Literal["hard", "random"] = "hard"
+        """How mismatched pairs are drawn: by similarity (hard) or uniformly (random)."""
         temperature: float = Field(0.07, gt=0)  # sharpness of hard-negative sampling
-        # sample with the learned temperature of this objective instead (ALBEF ties it to ITC)
+        """Sharpness of hard-negative sampling."""
         temperature_from: str | None = None
-        # "text_cls": the fused report's [CLS] (ALBEF); "concat": pooled fused text and image,
-        # concatenated (M3AE; with a bidirectional fusion the image stream is report-aware)
+        """Sample with this objective's learned temperature instead (ALBEF ties it to ITC)."""
         head: Literal["text_cls", "concat"] = "text_cls"
+        """What the head reads: 'text_cls', the fused report's [CLS] (ALBEF); 'concat', the
+        pooled fused text and image, concatenated (M3AE)."""
         gather: bool = False  # draw candidates from every rank's batch (DDP)
+        """Draw negatives from every rank's batch under DDP."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)

@@ -55,17 +55,25 @@ class MIM(Objective):
 
     class Params(Params):
         image_view: str  # a masked image view (random_patches, block_patches or paired)
+        """Masked image view to reconstruct (random_patches, block_patches or paired)."""
         source: Literal["encoder", "fusion"] = "encoder"
+        """Reconstruct from the image encoder's tokens or the fusion's image stream."""
         text_view: str = "text"  # the report the fusion reads, when source is fusion
+        """Report the fusion reads, when source is fusion."""
         fusion_layer: int = -1  # which fusion layer's image stream (-1: the fusion's output;
+        """Fusion layer whose image stream is decoded (-1: the fusion's output)."""
         # report-aware only with a bidirectional fusion, which updates the image per layer)
         decoder_width: int = Field(128, gt=0)
+        """Width of the light reconstruction decoder."""
         decoder_depth: int = Field(2, gt=0)
+        """Transformer layers of the decoder."""
         decoder_heads: int = Field(4, gt=0)
+        """Attention heads of the decoder."""
         norm_pix: bool = True
-        # "mae": xavier-uniform decoder and fixed 2-D sin-cos decoder positions (MAE);
-        # "learned": PyTorch's default layers and learned positions from normal(0, 0.02)
+        """Reconstruct per-patch normalised pixels (MAE's norm_pix_loss)."""
         decoder_init: Literal["mae", "learned"] = "mae"
+        """'mae': xavier-uniform decoder and fixed 2-D sin-cos positions; 'learned': PyTorch's
+        default layers and learned positions from normal(0, 0.02)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)

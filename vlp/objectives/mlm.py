@@ -51,11 +51,15 @@ class MLM(Objective):
 
     class Params(Params):
         text_view: str  # a masked text view (e.g. from the mlm_tokens masker)
+        """Masked text view to predict (e.g. from the mlm_tokens masker)."""
         fused: bool = False
+        """Predict from image-conditioned (fused) report tokens instead of the text encoder's."""
         image_view: str = "image"  # the image the report is conditioned on, when fused
-        # "own": a new head; "tied": its vocabulary projection is the text encoder's token
-        # embedding table (BERT); "encoder": the head the text encoder brings (pretrained)
-        head: Literal["own", "tied", "encoder"] = "own"
+        """Image the report is conditioned on, when fused."""
+        head: Literal["auto", "own", "tied", "encoder"] = "auto"
+        """'own': a new BERT head; 'tied': its vocabulary projection is the text encoder's
+        token embedding table (BERT); 'encoder': the pretrained head the text encoder brings;
+        'auto': that head where there is one of the right width, else a new one."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -63,32 +67,39 @@ class MLM(Objective):
         if width is None:
             raise ValueError("fused MLM needs a fusion module")
         self.width = width
-        if params.head == "own":
-            self.head = MLMHead(width, ctx.tokens.vocab_size)
+        pretrained = ctx.text_mlm_head if width == ctx.text_width else None
+        if params.head == "encoder" and pretrained is None:
+            raise ParamError("head", "the text encoder brings no pretrained MLM head of width "
+                             f"{width}; use head: own or tied")
+        self.uses_pretrained_head = params.head in ("auto", "encoder") and pretrained is not None
+        if self.uses_pretrained_head:
+            self.head = pretrained
         elif params.head == "tied":
             self.head = TiedMLMHead(width, ctx.tokens.vocab_size)
+        else:
+            self.head = MLMHead(width, ctx.tokens.vocab_size)
 
     def bind(self, model: nn.Module) -> None:
+        if self.params.head != "tied":
+            return
         encoder = model.text_encoder
-        if self.params.head == "tied":
-            embedding = encoder.input_embeddings()
-            if embedding is None:
-                raise ParamError("head", f"the text encoder ({type(encoder).__name__}) offers "
-                                 "no token embeddings to tie to")
-            if embedding.weight.shape[1] != self.width:
-                raise ParamError("head", f"tied: the token embeddings are "
-                                 f"{embedding.weight.shape[1]} wide, the features {self.width}")
-        if self.params.head == "encoder" and encoder.mlm_head() is None:
-            raise ParamError("head", f"the text encoder ({type(encoder).__name__}) brings no "
-                             "MLM head; use head: own or tied")
+        embedding = encoder.input_embeddings()
+        if embedding is None:
+            raise ParamError("head", f"the text encoder ({type(encoder).__name__}) offers no "
+                             "token embeddings to tie to")
+        if embedding.weight.shape[1] != self.width:
+            raise ParamError("head", f"tied: the token embeddings are "
+                             f"{embedding.weight.shape[1]} wide, the features {self.width}")
+
+    def init_weights(self, style: str) -> None:
+        """A pretrained head keeps its weights under `model.init`."""
+        if not self.uses_pretrained_head:
+            super().init_weights(style)
 
     def logits(self, step: Step, picked: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of the features at masked positions."""
-        encoder = step.model.text_encoder
         if self.params.head == "tied":
-            return self.head(picked, encoder.input_embeddings().weight)
-        if self.params.head == "encoder":
-            return encoder.mlm_head()(picked)
+            return self.head(picked, step.model.text_encoder.input_embeddings().weight)
         return self.head(picked)
 
     @classmethod

@@ -47,10 +47,15 @@ class SimSiam(Objective):
 
     class Params(Params):
         view_1: str = "image_aug1"
+        """First augmented image view."""
         view_2: str = "image_aug2"
+        """Second augmented image view."""
         dim: int = Field(2048, gt=0)
+        """Width of the projection MLP's output."""
         pred_dim: int = Field(512, gt=0)
-        projector_hidden: int | None = Field(None, gt=0)  # None: the encoder's width (official)
+        """Hidden width of the predictor MLP."""
+        projector_hidden: int | None = Field(None, gt=0)
+        """Hidden width of the projector (None: the encoder's width, as the official one)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
