@@ -42,8 +42,11 @@ class SimCSE(Objective):
 
     class Params(Params):
         view_1: str = "text"
-        view_2: str = "text_copy"  # a second view of the report (the text_copy masker)
+        """First view of the report."""
+        view_2: str = "text_copy"
+        """Second view of the same report (e.g. from the text_copy masker)."""
         temperature: float = Field(0.05, gt=0)
+        """Softmax temperature of the cosine similarities (SimCSE: 0.05)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
