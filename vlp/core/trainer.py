@@ -20,6 +20,7 @@ from typing import TextIO
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import IterableDataset
 
 from vlp.core import distributed as D
 from vlp.core.checkpoint import (
@@ -171,7 +172,10 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     changes = check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
-    readable = Replacing(run.data.train)  # an unreadable first row is replaced, as in training
+    # two pairs for the check: from the training set, or the held-out one if the training set
+    # is a stream; an unreadable row is replaced, as in training
+    pairs = run.data.val if isinstance(run.data.train, IterableDataset) else run.data.train
+    readable = Replacing(pairs)
     sample = run.collate([readable[i][0] for i in range(min(2, len(readable)))])
     check_every_parameter_trains(recipe, run.model, sample.to(device))
     optimizer = build_optimizer(run.model, spec.optim, recipe.where)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import nn
 
+from vlp.encoders.layers import bert_init_
 from vlp.plugins.base import Params, Plugin
 
 if TYPE_CHECKING:
@@ -70,8 +71,6 @@ class Objective(nn.Module, Plugin):
         """Re-initialise the objective's heads for the recipe's `model.init` ("bert":
         normal(0, 0.02) layers; "pytorch": leave PyTorch's defaults)."""
         if style == "bert":
-            from vlp.encoders.layers import bert_init_
-
             bert_init_(self)
 
     @torch.no_grad()
