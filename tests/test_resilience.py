@@ -310,3 +310,27 @@ def test_replacement_is_the_next_readable_row(truncated_data):
     assert pair.sample_id == data.train[11].sample_id == 12
     assert [(f.row, f.reason) for f in faults] == [(11, "unreadable_image")]
     assert replacing[9][1] == () and torch.equal(replacing[9][0].image, data.train[9].image)
+
+
+def test_dicom_with_cut_pixel_data_is_replaced_when_drawn(tmp_path):
+    """The DICOM header passes the construction check; the pixel data, cut short, fails only
+    when the row is drawn."""
+    pytest.importorskip("pydicom")
+    from dicom_files import write_dicom
+
+    from vlp.data.faults import Replacing
+    from vlp.data.manifest import ManifestDataset
+
+    pixels = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    cut = write_dicom(tmp_path / "cut.dcm", pixels)
+    cut.write_bytes(cut.read_bytes()[:-4000])
+    for i in (0, 2):
+        Image.new("L", (8, 8), i * 40).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,text\n0.png,Clear.\ncut.dcm,Effusion.\n2.png,Normal.\n")
+    ds = ManifestDataset(manifest, image_size=8)
+    assert len(ds) == 3 and ds.bad_rows == []  # the header is fine
+    pair, faults = Replacing(ds)[1]
+    assert pair.sample_id == 3 and pair.text == "Normal."
+    assert [(f.row, f.reason) for f in faults] == [(2, "unreadable_image")]
+    assert "The number of bytes of pixel data is less than expected" in faults[0].detail

@@ -20,7 +20,6 @@ from typing import TextIO
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import IterableDataset
 
 from vlp.core import distributed as D
 from vlp.core.checkpoint import (
@@ -43,8 +42,8 @@ from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.threads import ThreadChoice, apply_threads
 from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
-from vlp.data.faults import FaultCountingLoader, FaultLog, Replacing, all_faults, data_report
-from vlp.data.loader import train_loader
+from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
+from vlp.data.loader import probe_pairs, train_loader
 from vlp.seeding import mix_seed
 
 #: What `train` runs on the finished model (e.g. held-out retrieval): metrics by name.
@@ -172,11 +171,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     changes = check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
-    # two pairs for the check: from the training set, or the held-out one if the training set
-    # is a stream; an unreadable row is replaced, as in training
-    pairs = run.data.val if isinstance(run.data.train, IterableDataset) else run.data.train
-    readable = Replacing(pairs)
-    sample = run.collate([readable[i][0] for i in range(min(2, len(readable)))])
+    sample = run.collate(probe_pairs(run.data))
     check_every_parameter_trains(recipe, run.model, sample.to(device))
     optimizer = build_optimizer(run.model, spec.optim, recipe.where)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)

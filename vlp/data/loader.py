@@ -19,7 +19,7 @@ from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.faults import FaultCollator, FaultCountingLoader, FaultLog, Replacing, Skipping
 from vlp.data.manifest import ManifestDataset, split_groups, split_indices
-from vlp.data.sample import DataError
+from vlp.data.sample import DataError, Pair
 from vlp.seeding import mix_seed
 
 if TYPE_CHECKING:  # the recipe's data sections; data sits below core and never imports it
@@ -153,6 +153,14 @@ def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: i
                         worker_init_fn=worker_init,
                         generator=torch.Generator().manual_seed(mix_seed(seed, "loader", start)))
     return FaultCountingLoader(loader, FaultLog() if faults is None else faults)
+
+
+def probe_pairs(data: DataSplits, count: int = 2) -> list[Pair]:
+    """A few readable pairs for checks before the first step: training pairs (an unreadable
+    one replaced, as in training), or held-out ones where training is a shard stream."""
+    source = data.val if isinstance(data.train, IterableDataset) else data.train
+    readable = Replacing(source)
+    return [readable[i][0] for i in range(min(count, len(readable)))]
 
 
 def eval_loader(dataset: Dataset, collate: Collator, batch_size: int, num_workers: int

@@ -276,15 +276,11 @@ class ManifestDataset(Dataset[Pair]):
         entry = self._entries[index]
         try:
             image = load_image(entry.image, self.in_chans, self.image_size)
-        except DecodeError as exc:  # removed, truncated or undecodable after the check
-            if exc.reason == "missing_image":
-                raise UnreadableSample(str(self.path), entry.row, "missing_image",
-                                       f"image file not found: {entry.image}") from exc
-            raise UnreadableSample(str(self.path), entry.row, "unreadable_image",
-                                   f"cannot decode image {entry.image}: {exc.detail}") from exc
-        except DataError as exc:  # a decoder's own error, with its reason if it names one
-            raise UnreadableSample(str(self.path), entry.row,
-                                   getattr(exc, "reason", "unreadable_image"), str(exc)) from exc
+        except DecodeError as exc:  # removed, truncated or undecodable after the check: the
+            # loader replaces the row and counts it by the decoder's reason (no_pixel_data, ...)
+            detail = (f"image file not found: {entry.image}" if exc.reason == "missing_image"
+                      else f"cannot decode image {entry.image}: {exc.detail}")
+            raise UnreadableSample(str(self.path), entry.row, exc.reason, detail) from exc
         return Pair(image=torch.from_numpy(np.ascontiguousarray(image)), text=entry.text,
                     sample_id=entry.sample_id)
 
