@@ -32,7 +32,7 @@ RECIPES = [
     ("ViT width vs heads", GOOD + "model: {image_encoder: {num_heads: 3}}\n",
      "recipe.yaml:6: model.image_encoder: cannot be built: dim should be divisible by num_heads"),
     ("text encoder width vs heads", GOOD + "model: {text_encoder: {heads: 3}}\n",
-     "recipe.yaml:6: model.text_encoder: Value error, width 32 must be divisible by heads 3"),
+     "recipe.yaml:6: model.text_encoder: Value error, width 32 is not divisible by heads 3"),
     ("MIM decoder width vs heads", GOOD + MIM + ", decoder_heads: 3}\n",
      "recipe.yaml:6: objectives.mim: cannot be built: width 128 is not divisible by heads 3"),
     ("fusion layer past the last", GOOD + MIM + ", source: fusion, fusion_layer: 2}\n"

@@ -159,3 +159,68 @@ def test_itm_trains_end_to_end(write_recipe, tmp_path):
     # one positive and two re-paired fusion passes per step
     assert metrics["passes/fusion/itm_negative_texts"] == 1
     assert metrics["passes/fusion/itm_negative_images"] == 1
+
+
+def small_itm_model(write_recipe, itm: str, fusion: str = "{name: cross_attention, layers: 1, "
+                    "heads: 2, bidirectional: true}"):
+    from vlp.core.model import VLPModel
+    from vlp.core.recipe import load_recipe
+    from vlp.data.collate import Collator
+    from vlp.data.demo import DemoDataset, demo_reports
+    from vlp.data.tokenize import TokenIds, train_tokenizer
+
+    path = write_recipe(f"""
+        _base_: tiny_base.yaml
+        model: {{fusion: {fusion}}}
+        objectives:
+          itc: {{weight: 1.0, init_temperature: 0.2}}
+          itm: {itm}
+    """)
+    tokenizer = train_tokenizer(demo_reports(16), vocab_size=300)
+    torch.manual_seed(0)
+    model = VLPModel(load_recipe(path), TokenIds.of(tokenizer))
+    data = DemoDataset(6, image_size=32)
+    return model, Collator(tokenizer, 48)([data[i] for i in range(6)])
+
+
+def test_itm_samples_with_the_learned_itc_temperature(write_recipe, monkeypatch):
+    import vlp.objectives.itm as itm_module
+
+    used = []
+    real = itm_module.sample_negatives
+
+    def spy(sim, exclude, generator, hard, temperature):
+        used.append(float(temperature))
+        return real(sim, exclude, generator, hard, temperature)
+
+    monkeypatch.setattr(itm_module, "sample_negatives", spy)
+    model, batch = small_itm_model(write_recipe, "{weight: 1.0, temperature_from: itc}")
+    model.objectives["itc"].temperature.log_scale.data.fill_(math.log(1 / 0.125))  # "learned"
+    model(batch, torch.Generator().manual_seed(0))
+    assert used == [pytest.approx(0.125), pytest.approx(0.125)]
+
+
+def test_itm_temperature_from_an_objective_without_one_is_a_recipe_error(write_recipe):
+    from vlp.core.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"objectives\.itm\.temperature_from: .*'mlm'.*itc"):
+        small_itm_model(write_recipe, "{weight: 1.0, temperature_from: mlm}")
+
+
+def test_concat_head_reads_pooled_fused_text_and_image(write_recipe):
+    from vlp.core.step import Step
+
+    model, batch = small_itm_model(write_recipe, "{weight: 1.0, head: concat}")
+    itm = model.objectives["itm"]
+    seen = []
+    itm.head.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    step = Step(model, batch, torch.Generator().manual_seed(0))
+    itm(step)
+    (features, logits), = seen
+    fused = step.fused("image", "text")  # the cached positive pairs
+    by_hand = torch.cat([torch.tanh(itm.text_pool[0](fused.text[:, 0])),
+                         torch.tanh(itm.image_pool[0](fused.image[:, 0]))], dim=-1)
+    width = model.fusion.width
+    assert itm.head.in_features == 2 * width and features.shape == (18, 2 * width)
+    torch.testing.assert_close(features[:6], by_hand)
+    torch.testing.assert_close(logits[:6], by_hand @ itm.head.weight.T + itm.head.bias)

@@ -3,6 +3,7 @@ augmentation that is deterministic, in range, and never flips radiographs unless
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -21,9 +22,11 @@ CPU = torch.device("cpu")
 NO_CHANGE = dict(crop_scale=(1.0, 1.0), max_rotation=0.0, hflip_prob=0.0, brightness=0.0,
                  contrast=0.0, gamma=(1.0, 1.0), color_jitter=0.0, grayscale_prob=0.0)
 MEDICAL = dict(crop_scale=(0.7, 1.0), max_rotation=10.0, hflip_prob=0.0, brightness=0.2,
-               contrast=0.2, gamma=(0.8, 1.25), color_jitter=0.0, grayscale_prob=0.0)
+               contrast=0.2, gamma=(0.8, 1.25), color_jitter=0.0, grayscale_prob=0.0,
+               saturation=0.0, jitter_prob=1.0, blur_prob=0.0, blur_sigma=(0.1, 2.0))
 NATURAL = dict(crop_scale=(0.2, 1.0), max_rotation=0.0, hflip_prob=0.5, brightness=0.4,
-               contrast=0.4, gamma=(1.0, 1.0), color_jitter=0.4, grayscale_prob=0.2)
+               contrast=0.4, gamma=(1.0, 1.0), color_jitter=0.4, grayscale_prob=0.2,
+               saturation=0.4, jitter_prob=0.8, blur_prob=0.5, blur_sigma=(0.1, 2.0))
 
 
 def gen(seed: int) -> torch.Generator:
@@ -215,3 +218,37 @@ def test_augment_plugin_makes_an_augmented_view():
     assert view.ids_keep is None and view.mask is None
     expected = augment_images(x, gen(0), **{**MEDICAL, "max_rotation": 0.0})
     torch.testing.assert_close(view.pixels, expected)
+
+
+def test_blur_matches_a_gaussian_kernel_written_out():
+    """A single bright pixel blurred with sigma s spreads as the outer product of the
+    normalised 1-D Gaussian exp(-d^2 / 2 s^2) (no crop, jitter or gamma)."""
+    x = torch.zeros(1, 1, 40, 40)
+    x[0, 0, 20, 20] = 1.0
+    out = augment_images(x, gen(0), **{**NO_CHANGE, "blur_prob": 1.0, "blur_sigma": (0.8, 0.8)},
+                         aspect=(1.0, 1.0))
+    radius = 40 // 20
+    weights = [math.exp(-d * d / (2 * 0.8 ** 2)) for d in range(-radius, radius + 1)]
+    kernel = torch.tensor([w / sum(weights) for w in weights])
+    expected = torch.zeros(40, 40)
+    expected[20 - radius:21 + radius, 20 - radius:21 + radius] = kernel[:, None] * kernel[None]
+    torch.testing.assert_close(out[0, 0], expected.clamp_min(1e-6), rtol=0, atol=1e-6)
+
+
+def test_colour_jitter_is_applied_with_its_probability():
+    x = torch.rand(400, 3, 8, 8, generator=gen(1)) * 0.5 + 0.25
+    settings = {**NO_CHANGE, "brightness": 0.4, "saturation": 0.4}
+    never = augment_images(x, gen(2), **settings, jitter_prob=0.0, aspect=(1.0, 1.0))
+    torch.testing.assert_close(never, x, rtol=0, atol=1e-5)
+    half = augment_images(x, gen(2), **settings, jitter_prob=0.5, aspect=(1.0, 1.0))
+    changed = (half - x).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert 0.4 < changed.float().mean().item() < 0.6
+
+
+def test_saturation_keeps_the_grey_level_and_scales_colour():
+    x = torch.rand(64, 3, 4, 4, generator=gen(3)) * 0.5 + 0.25
+    out = augment_images(x, gen(4), **{**NO_CHANGE, "saturation": 0.4}, aspect=(1.0, 1.0))
+    torch.testing.assert_close(out.mean(1), x.mean(1), rtol=0, atol=1e-5)
+    ratio = (out - out.mean(1, keepdim=True)).flatten(1).norm(dim=1) / (
+        x - x.mean(1, keepdim=True)).flatten(1).norm(dim=1)
+    assert ((ratio > 0.6 - 1e-4) & (ratio < 1.4 + 1e-4)).all() and ratio.std() > 0.05

@@ -295,3 +295,45 @@ def test_custom_replacement_split_and_its_validation():
     assert unchanged < 0.005  # only random draws that hit the original id (p = 1/4995)
     with pytest.raises(ValueError, match="at most 1"):
         MLMTokens.Params(mask_prob=0.95, random_prob=0.1)
+
+
+def tied_model(write_recipe, head: str):
+    from vlp.core.model import VLPModel
+    from vlp.core.recipe import load_recipe
+    from vlp.data.tokenize import TokenIds
+
+    path = write_recipe(f"""
+        _base_: tiny_base.yaml
+        views: {{mlm: {{masker: mlm_tokens}}}}
+        objectives: {{mlm: {{weight: 1.0, text_view: mlm, head: {head}}}}}
+    """)
+    return VLPModel(load_recipe(path), TokenIds(vocab_size=300, pad=0, unk=1, cls=2, sep=3,
+                                                mask=4))
+
+
+def test_mlm_head_tied_to_the_token_embeddings(write_recipe):
+    model = tied_model(write_recipe, "tied")
+    mlm, embedding = model.objectives["mlm"], model.text_encoder.token_embed.weight
+    assert not any(p.shape == embedding.shape for p in mlm.parameters())  # no copy of its own
+    features = torch.randn(2, 5, 32)
+    by_hand = mlm.head.transform(features) @ embedding.T + mlm.head.bias
+    got = mlm.logits(SimpleNamespace(model=model), features)
+    torch.testing.assert_close(got, by_hand)
+    got.sum().backward()
+    assert embedding.grad is not None and embedding.grad.abs().sum() > 0  # trained through it
+
+
+def test_mlm_head_from_the_text_encoder(write_recipe, monkeypatch):
+    from vlp.core.errors import RecipeError
+    from vlp.encoders.bert import BertEncoder
+
+    with pytest.raises(RecipeError, match=r"objectives\.mlm\.head: .*no pretrained MLM head"):
+        tied_model(write_recipe, "encoder")
+    pretrained = torch.nn.Linear(32, 300)
+    monkeypatch.setattr(BertEncoder, "pretrained_mlm_head", lambda self: pretrained)
+    model = tied_model(write_recipe, "encoder")
+    assert model.objectives["mlm"].head is pretrained  # registered (and trained) under MLM
+    features = torch.randn(2, 5, 32)
+    torch.testing.assert_close(
+        model.objectives["mlm"].logits(SimpleNamespace(model=model), features),
+        pretrained(features))

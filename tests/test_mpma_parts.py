@@ -98,6 +98,31 @@ def test_memory_fusion_gradients_reach_memory():
     assert out.text.shape == (2, 3, 8) and out.image.shape == (2, 5, 8)
 
 
+def test_both_modalities_read_one_shared_multi_head_memory():
+    """R2GenCMN: report tokens query the same memory, through the same attention, as image
+    tokens; only the text side's response changes the report stream."""
+    torch.manual_seed(0)
+    params = MemoryFusion.Params(layers=1, heads=2, slots=16, topk=4, memory_heads=2,
+                                 memory_reads="both")
+    fusion = MemoryFusion(params, image_width=8, text_width=8)
+    image, text = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    out = fusion(image, text, mask)
+    by_hand = fusion.fuse(image + fusion.read_memory(image), text + fusion.read_memory(text),
+                          mask)
+    torch.testing.assert_close(out.text, by_hand.text)
+    image_only = MemoryFusion(params.model_copy(update={"memory_reads": "image"}), 8, 8)
+    image_only.load_state_dict(fusion.state_dict())  # same weights, one memory either way
+    plain = image_only(image, text, mask)
+    assert not torch.allclose(plain.text, out.text)
+    torch.testing.assert_close(plain.text, fusion.fuse(image + fusion.read_memory(image), text,
+                                                       mask).text)
+    # the report's read alone trains the memory
+    fusion.zero_grad()
+    fusion.read_memory(text).sum().backward()
+    assert fusion.memory.grad.abs().sum() > 0
+
+
 def test_memory_topk_larger_than_slots_is_rejected(write_recipe):
     path = write_recipe("""
         _base_: tiny_base.yaml

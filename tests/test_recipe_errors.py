@@ -107,7 +107,7 @@ def test_malformed_recipe_rejected(name, text, sets, key, reason, line, write_re
 
 @pytest.mark.parametrize("extra,key,reason", [
     ("  itm: {weight: 1}\nmodel: {fusion: {name: cross_attention, heads: 3}}\n",
-     "model.fusion", "cannot be built: fusion width 32 must be divisible by heads 3"),
+     "model.fusion", "cannot be built: fusion width 32 is not divisible by heads 3"),
     ("data: {image_size: 36}\n", "data.image_size",
      "cannot be built: 36 is not a multiple of the image encoder's patch size 8"),
 ])

@@ -130,7 +130,7 @@ def test_two_gloo_ranks_train_and_resume_from_shards(shards, write_recipe, tmp_p
     path.write_text(path.read_text() + f"model: {{tokenizer: {{path: {tok}}}}}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29541", str(Path(__file__).parent / "shard_worker.py"), str(path),
+         "--standalone", str(Path(__file__).parent / "shard_worker.py"), str(path),
          str(tmp_path)], capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -169,3 +169,24 @@ def test_step_views_differ_and_encoder_gets_gradient(write_recipe):
     encoder_grads = [p.grad for p in model.image_encoder.parameters() if p.grad is not None]
     assert encoder_grads and any(g.abs().sum() > 0 for g in encoder_grads)
     assert "z_std" in out.metrics
+
+
+def test_projector_is_sized_as_the_official_one():
+    """SimSiam's projector: Linear(width, width) BN ReLU, Linear(width, width) BN ReLU,
+    Linear(width, dim) BN without affine; the predictor dim -> pred_dim -> dim."""
+    from vlp.core.context import BuildContext
+    from vlp.objectives.simsiam import SimSiam
+
+    ctx = BuildContext(image_width=48, text_width=32, fusion_width=None, fusion_image_layers=0,
+                       embed_dim=16,
+                       patch_size=8, grid_size=(4, 4), num_prefix_tokens=1, channels=1,
+                       image_size=32, max_text_len=48, tokens=TOKENS)
+    objective = SimSiam(SimSiam.Params(dim=64, pred_dim=16), ctx)
+    linears = [m for m in objective.projector if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(48, 48), (48, 48), (48, 64)]
+    norms = [m for m in objective.projector if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [m.affine for m in norms] == [True, True, False]
+    predictor = [m for m in objective.predictor if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in predictor] == [(64, 16), (16, 64)]
+    narrow = SimSiam(SimSiam.Params(dim=64, pred_dim=16, projector_hidden=24), ctx)
+    assert narrow.projector[0].out_features == 24 and narrow.projector[3].in_features == 24

@@ -134,7 +134,7 @@ def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
     out = tmp_path / "ddp_run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29531", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
+         "--standalone", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in losses(out)] == [1, 2]

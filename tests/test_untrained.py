@@ -61,3 +61,19 @@ def test_a_part_weighted_zero_builds_nothing_untrained(write_recipe, tmp_path):
     model = VLPModel(load_recipe(path), TOKENS)
     assert not hasattr(model.objectives["gla"], "word_proj")
     assert train(load_recipe(path), out=tmp_path / "run").steps == 1
+
+
+def test_a_plugins_own_bug_keeps_its_traceback(write_recipe, monkeypatch):
+    import traceback
+
+    from vlp.objectives.itc import ITC
+
+    def broken_init(self, params, ctx):
+        raise TypeError("ITC.__init__ got an unexpected keyword (a bug in the plugin)")
+
+    monkeypatch.setattr(ITC, "__init__", broken_init)
+    path = write_recipe("_base_: tiny_base.yaml\nobjectives: {itc: {weight: 1}}\n")
+    with pytest.raises(TypeError, match="a bug in the plugin") as caught:
+        load_recipe(path)  # validation builds the model (on the meta device)
+    frames = [frame.name for frame in traceback.extract_tb(caught.tb)]
+    assert "broken_init" in frames

@@ -19,16 +19,19 @@ from vlp.core.recipe import Recipe
 from vlp.core.step import Step
 from vlp.data.batch import Batch
 from vlp.data.tokenize import TokenIds
+from vlp.encoders.layers import bert_init_
 
 T = TypeVar("T")
 
 
 def _build(recipe: Recipe, key: str, make: Callable[[], T]) -> T:
     """Build one part; sizes that do not fit together become a RecipeError naming the part
-    (or the param a ParamError names)."""
+    (or the param a ParamError names). Plugins say so with ValueError (ParamError), libraries
+    they wrap often by assert; anything else (a TypeError, say) is the plugin's own bug and
+    keeps its traceback."""
     try:
         return make()
-    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError) as exc:
         if isinstance(exc, ParamError):
             key = exc.param if exc.absolute else f"{key}.{exc.param}"
         raise RecipeError([Problem(recipe.where(key), key,
@@ -39,11 +42,11 @@ class VLPModel(nn.Module):
     def __init__(self, recipe: Recipe, tokens: TokenIds):
         super().__init__()
         spec = recipe.spec
-        ie, te = recipe.image_encoder, recipe.text_encoder
-        self.image_encoder = _build(recipe, "model.image_encoder", lambda: ie.cls(
-            ie.params, image_size=spec.data.image_size, in_chans=spec.data.channels))
-        self.text_encoder = _build(recipe, "model.text_encoder", lambda: te.cls(
-            te.params, vocab_size=tokens.vocab_size, pad_id=tokens.pad,
+        image_spec, text_spec = recipe.image_encoder, recipe.text_encoder
+        self.image_encoder = _build(recipe, "model.image_encoder", lambda: image_spec.cls(
+            image_spec.params, image_size=spec.data.image_size, in_chans=spec.data.channels))
+        self.text_encoder = _build(recipe, "model.text_encoder", lambda: text_spec.cls(
+            text_spec.params, vocab_size=tokens.vocab_size, pad_id=tokens.pad,
             max_len=spec.data.max_text_len))
         needs_fusion = any(r.cls.needs(r.params).fusion for r in recipe.objectives.values())
         self.fusion = None
@@ -69,7 +72,24 @@ class VLPModel(nn.Module):
             {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
              for name, r in recipe.objectives.items()})
         self.weights = {name: r.weight for name, r in recipe.objectives.items()}
+        for name, objective in self.objectives.items():
+            _build(recipe, recipe.objectives[name].key,
+                   lambda objective=objective: objective.bind(self))
         self._freeze_what_nothing_trains(recipe)
+        if spec.model.init != "pytorch":
+            self._initialise(recipe)
+
+    def _initialise(self, recipe: Recipe) -> None:
+        """The recipe's initialisation for what vlp trains from scratch: a pretrained text
+        encoder (one with its own tokenizer) keeps its weights; objectives init their heads."""
+        text = recipe.text_encoder
+        if text.cls.pretrained_tokenizer(text.params) is None:
+            bert_init_(self.text_encoder)
+        for part in (self.fusion, self.image_proj, self.text_proj):
+            if part is not None:
+                bert_init_(part)
+        for objective in self.objectives.values():
+            objective.init_weights(recipe.spec.model.init)
 
     def _freeze_what_nothing_trains(self, recipe: Recipe) -> None:
         """Shared parts no objective reads (the text encoder of an image-only recipe, the

@@ -62,6 +62,9 @@ class ModelSpec(_Strict):
     fusion: PluginSpec | None = None
     embed_dim: int = Field(256, gt=0)
     tokenizer: TokenizerSpec = TokenizerSpec()
+    # "bert": normal(0, 0.02) Linear/Embedding weights, zero biases, LayerNorm 1/0 for the text
+    # encoder (unless pretrained), fusion, projections and objective heads; "pytorch": defaults
+    init: Literal["pytorch", "bert"] = "pytorch"
 
 
 class _DataCommon(_Strict):
@@ -104,6 +107,15 @@ class WebDatasetData(_DataCommon):
     tokenizer_samples: int = Field(20000, ge=1)  # reports read to train a tokenizer
 
 
+class ParamGroupSpec(_Strict):
+    """Parameters whose dotted name matches the glob `match` (e.g. "fusion.*"): their learning
+    rate times `lr_scale` and, if given, their own weight decay (0 to exempt them)."""
+
+    match: str = Field(min_length=1)
+    lr_scale: float = Field(1.0, gt=0)
+    weight_decay: float | None = Field(None, ge=0, le=10)
+
+
 class OptimSpec(_Strict):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(1e-4, gt=0, le=1)
@@ -111,6 +123,7 @@ class OptimSpec(_Strict):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.9, 0.98)
     eps: float = Field(1e-6, gt=0, le=1)
+    groups: list[ParamGroupSpec] = []  # the first group matching a parameter applies
 
 
 class ScheduleSpec(_Strict):

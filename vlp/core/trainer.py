@@ -173,7 +173,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     run = build_run(recipe, run_dir, device)
     sample = run.collate(probe_pairs(run.data))
     check_every_parameter_trains(recipe, run.model, sample.to(device))
-    optimizer = build_optimizer(run.model, spec.optim)
+    optimizer = build_optimizer(run.model, spec.optim, recipe.where)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
     start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0

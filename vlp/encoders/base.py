@@ -64,6 +64,10 @@ class TextEncoder(nn.Module, Plugin):
         """(B, T) ids and bool mask -> (B, T, width); the first real token is the summary."""
         raise NotImplementedError
 
+    def input_embeddings(self) -> nn.Embedding | None:
+        """The token embedding table, for an MLM head tied to it (None: not offered)."""
+        return None
+
 
 class Fusion(nn.Module, Plugin):
     """Fuses image tokens and text tokens of one pair of views into joint features."""

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vlp.encoders.base import TextEncoder
-from vlp.encoders.layers import Block
+from vlp.encoders.layers import Block, check_heads_divide
 from vlp.plugins.base import Params
 
 
@@ -32,8 +32,7 @@ class BertEncoder(TextEncoder):
 
         @model_validator(mode="after")
         def _heads_divide_width(self):
-            if self.width % self.heads:
-                raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+            check_heads_divide(self.width, self.heads)
             return self
 
     def __init__(self, params: Params, vocab_size: int, pad_id: int, max_len: int):
@@ -49,6 +48,9 @@ class BertEncoder(TextEncoder):
         self.blocks = nn.ModuleList(Block(params.width, params.heads, params.mlp_ratio,
                                           params.dropout) for _ in range(params.layers))
         self.norm = nn.LayerNorm(params.width)
+
+    def input_embeddings(self) -> nn.Embedding:
+        return self.token_embed
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}

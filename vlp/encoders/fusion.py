@@ -12,7 +12,7 @@ from torch import nn
 
 from vlp.core.features import FusedFeatures
 from vlp.encoders.base import Fusion
-from vlp.encoders.layers import Block
+from vlp.encoders.layers import Block, check_heads_divide
 from vlp.plugins.base import Params
 
 
@@ -35,15 +35,14 @@ class CrossAttentionFusion(Fusion):
 
         @model_validator(mode="after")
         def _heads_divide_width(self):
-            if self.width is not None and self.width % self.heads:
-                raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+            if self.width is not None:
+                check_heads_divide(self.width, self.heads)
             return self
 
     def __init__(self, params: Params, image_width: int, text_width: int):
         super().__init__(params, image_width, text_width)
         w = self.width = params.width or text_width
-        if w % params.heads:
-            raise ValueError(f"fusion width {w} must be divisible by heads {params.heads}")
+        check_heads_divide(w, params.heads, "fusion width")
         self.text_in = nn.Identity() if text_width == w else nn.Linear(text_width, w)
         self.image_in = nn.Identity() if image_width == w else nn.Linear(image_width, w)
         self.text_blocks = nn.ModuleList(

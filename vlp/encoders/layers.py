@@ -8,13 +8,68 @@ from einops import rearrange
 from torch import nn
 
 
+def check_heads_divide(width: int, heads: int, what: str = "width", name: str = "heads") -> None:
+    """Attention splits `width` into `heads` equal parts: a ValueError saying so if it cannot."""
+    if width % heads:
+        raise ValueError(f"{what} {width} is not divisible by {name} {heads}")
+
+
+def bert_init_(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation: every Linear and Embedding weight from normal(0, std), biases
+    zero (and the padding row of an embedding), LayerNorm weight 1 and bias 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.Embedding):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.padding_idx is not None:
+                with torch.no_grad():
+                    layer.weight[layer.padding_idx].zero_()
+        elif isinstance(layer, nn.LayerNorm):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """MAE's initialisation of its decoder: xavier-uniform Linear weights, zero biases,
+    LayerNorm weight 1 and bias 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.LayerNorm):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def sincos_positions_2d(width: int, grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position embedding, (prefix + H * W, width): the first half of
+    the channels encodes the column, the second the row, each as [sin(pos * w_k), cos(pos * w_k)]
+    with w_k = 10000^(-k / (width / 4)); prefix tokens ([CLS]) get zeros."""
+    if width % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
+                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.flatten()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(cols), encode(rows)], dim=1)
+    return torch.cat([torch.zeros(prefix, width, dtype=torch.float64), table]).float()
+
+
 class Attention(nn.Module):
     """Multi-head attention over SDPA; `kv` defaults to `x` (self-attention)."""
 
     def __init__(self, width: int, heads: int, kv_width: int | None = None, dropout: float = 0.0):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        check_heads_divide(width, heads)
         self.heads = heads
         self.dropout = dropout
         self.q = nn.Linear(width, width)

@@ -1,9 +1,11 @@
-"""Memory-augmented cross-modal fusion: image tokens read a learnable memory with top-k sparse
-attention, the response is added to them, and the report attends to the augmented image."""
+"""Memory-augmented cross-modal fusion: image tokens (and optionally report tokens) read a
+learnable memory with top-k sparse multi-head attention, the response is added to them, and
+the report attends to the augmented image."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -12,6 +14,7 @@ from torch import nn
 
 from vlp.core.features import FusedFeatures
 from vlp.encoders.fusion import CrossAttentionFusion
+from vlp.encoders.layers import check_heads_divide
 
 
 def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int) -> torch.Tensor:
@@ -35,6 +38,9 @@ class MemoryFusion(CrossAttentionFusion):
         """Memory slots each image token reads (top-k sparse attention)."""
         memory_heads: int = Field(1, gt=0)
         """Attention heads of the memory read."""
+        memory_reads: Literal["image", "both"] = "image"
+        """Who reads the memory: 'image' tokens, or 'both' modalities through the same
+        attention, one memory shared across modalities (R2GenCMN)."""
 
         @model_validator(mode="after")
         def _topk_within_slots(self):
@@ -45,8 +51,7 @@ class MemoryFusion(CrossAttentionFusion):
     def __init__(self, params: Params, image_width: int, text_width: int):
         super().__init__(params, image_width, text_width)
         w = self.width
-        if w % params.memory_heads:
-            raise ValueError(f"fusion width {w} must be divisible by memory_heads")
+        check_heads_divide(w, params.memory_heads, "fusion width", "memory_heads")
         self.memory = nn.Parameter(torch.randn(params.slots, w) * 0.02)
         self.memory_norm = nn.LayerNorm(w)
         self.query = nn.Linear(w, w)
@@ -66,5 +71,7 @@ class MemoryFusion(CrossAttentionFusion):
     def forward(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
                 text_mask: torch.Tensor) -> FusedFeatures:
         img = self.image_in(image_tokens)
-        augmented = img + self.read_memory(img)
-        return self.fuse(augmented, self.text_in(text_tokens), text_mask)
+        txt = self.text_in(text_tokens)
+        if self.params.memory_reads == "both":
+            txt = txt + self.read_memory(txt)
+        return self.fuse(img + self.read_memory(img), txt, text_mask)

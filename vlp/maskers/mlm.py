@@ -103,12 +103,13 @@ class MLMTokens(Masker):
             return self
 
     def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
-        p, ids, batch = self.params, self.ctx.tokens, step.batch
+        params, ids, batch = self.params, self.ctx.tokens, step.batch
         masked, labels = mask_tokens(batch.input_ids, batch.special_tokens_mask, batch.word_ids,
-                                     ids.mask, ids.vocab_size, p.ratio, generator,
-                                     whole_word=p.whole_word, mask_prob=p.mask_prob,
-                                     random_prob=p.random_prob, random_low=ids.first_regular)
+                                     ids.mask, ids.vocab_size, params.ratio, generator,
+                                     whole_word=params.whole_word, mask_prob=params.mask_prob,
+                                     random_prob=params.random_prob,
+                                     random_low=ids.first_regular)
         positions, position_labels = prediction_positions(
-            labels, max_predictions_for(p.ratio, labels.shape[1]), generator)
+            labels, max_predictions_for(params.ratio, labels.shape[1]), generator)
         return ViewOutput(text=TextView(masked, batch.attention_mask, labels, positions,
                                         position_labels))

@@ -110,8 +110,8 @@ class BlockPatches(Masker):
 
     def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
         pixels = step.batch.image
-        p = self.params
-        ids_keep, mask = block_patch_mask(pixels.shape[0], self.ctx.grid_size, p.ratio,
-                                          generator, pixels.device, p.min_block,
-                                          p.aspect, p.max_blocks)
+        params = self.params
+        ids_keep, mask = block_patch_mask(pixels.shape[0], self.ctx.grid_size, params.ratio,
+                                          generator, pixels.device, params.min_block,
+                                          params.aspect, params.max_blocks)
         return ViewOutput(image=ImageView(pixels, ids_keep, mask))

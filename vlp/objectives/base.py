@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import nn
 
+from vlp.encoders.layers import bert_init_
 from vlp.plugins.base import Params, Plugin
 
 if TYPE_CHECKING:
@@ -60,6 +61,17 @@ class Objective(nn.Module, Plugin):
 
     def forward(self, step: Step) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def bind(self, model: nn.Module) -> None:
+        """Called once the whole model is built (encoders, every objective), e.g. to check a
+        part this objective reads from; raise ParamError naming the param if it does not fit.
+        Keep no module reference as an attribute (it would be registered twice)."""
+
+    def init_weights(self, style: str) -> None:
+        """Re-initialise the objective's heads for the recipe's `model.init` ("bert":
+        normal(0, 0.02) layers; "pytorch": leave PyTorch's defaults)."""
+        if style == "bert":
+            bert_init_(self)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -95,35 +95,36 @@ class GLA(Objective):
 
     def local_loss(self, step: Step) -> torch.Tensor:
         """Contrastive loss over token-to-patch scores, negatives from every rank."""
-        p = self.params
-        text = step.text(p.text_view)
+        params = self.params
+        text = step.text(params.text_view)
         words = F.normalize(self.word_proj(text.tokens).float(), dim=-1)  # fp32 similarities
         word_mask = text.mask & ~step.batch.special_tokens_mask  # no [CLS]/[SEP]/padding
-        patches = F.normalize(self.patch_proj(step.image(p.image_view).patches).float(), dim=-1)
+        patches = step.image(params.image_view).patches
+        patches = F.normalize(self.patch_proj(patches).float(), dim=-1)
         length = self.max_text_len  # ranks pad their own batches to different lengths
         all_words = D.gather_with_grad(words, pad_to=length)
         all_mask = D.gather_no_grad(word_mask, pad_to=length)
         all_patches = D.gather_with_grad(patches)
         with fp32(words):
-            if p.local == "filip":
+            if params.local == "filip":
                 i2t, _ = filip_scores(all_words, all_mask, patches)
                 _, t2i = filip_scores(words, word_mask, all_patches)
             else:
-                i2t = gloria_scores(all_words, all_mask, patches, p.attn_temperature,
-                                    p.agg_temperature)
-                t2i = gloria_scores(words, word_mask, all_patches, p.attn_temperature,
-                                    p.agg_temperature).T
+                i2t = gloria_scores(all_words, all_mask, patches, params.attn_temperature,
+                                    params.agg_temperature)
+                t2i = gloria_scores(words, word_mask, all_patches, params.attn_temperature,
+                                    params.agg_temperature).T
             scale = self.local_temperature.scale().float()
             return symmetric_cross_entropy(scale * i2t, scale * t2i)
 
     def forward(self, step: Step) -> ObjectiveOutput:
-        p = self.params
+        params = self.params
         zero = step.batch.image.new_zeros(())
-        global_loss = (itc_loss(step.image_embedding(p.image_view),
-                                step.text_embedding(p.text_view),
+        global_loss = (itc_loss(step.image_embedding(params.image_view),
+                                step.text_embedding(params.text_view),
                                 self.global_temperature.log_scale)
-                       if p.global_weight > 0 else zero)  # a part weighted 0 is not computed
-        local_loss = self.local_loss(step) if p.local_weight > 0 else zero
-        loss = p.global_weight * global_loss + p.local_weight * local_loss
+                       if params.global_weight > 0 else zero)  # a part weighted 0 is not computed
+        local_loss = self.local_loss(step) if params.local_weight > 0 else zero
+        loss = params.global_weight * global_loss + params.local_weight * local_loss
         return ObjectiveOutput(loss, {"global": global_loss.detach(),
                                       "local": local_loss.detach()})

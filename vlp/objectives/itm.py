@@ -10,8 +10,11 @@ from pydantic import Field
 from torch import nn
 
 from vlp.core import distributed as D
+from vlp.core.errors import ParamError
+from vlp.core.features import FusedFeatures
 from vlp.core.ops import fp32
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
+from vlp.objectives.temperature import LearnableTemperature
 from vlp.plugins.base import Params
 
 if TYPE_CHECKING:
@@ -30,7 +33,8 @@ def same_pair_mask(query_ids: tuple[torch.Tensor, ...], cand_ids: tuple[torch.Te
 
 
 def sample_negatives(sim: torch.Tensor, exclude: torch.Tensor, generator: torch.Generator,
-                     hard: bool = True, temperature: float = 0.07) -> torch.Tensor:
+                     hard: bool = True, temperature: float | torch.Tensor = 0.07
+                     ) -> torch.Tensor:
     """One negative candidate per query row in a single vectorised draw (no host sync).
 
     Hard: probability proportional to softmax(sim / temperature) over allowed candidates;
@@ -66,6 +70,11 @@ class ITM(Objective):
         """How mismatched pairs are drawn: by similarity (hard) or uniformly (random)."""
         temperature: float = Field(0.07, gt=0)  # sharpness of hard-negative sampling
         """Sharpness of hard-negative sampling."""
+        temperature_from: str | None = None
+        """Sample with this objective's learned temperature instead (ALBEF ties it to ITC)."""
+        head: Literal["text_cls", "concat"] = "text_cls"
+        """What the head reads: 'text_cls', the fused report's [CLS] (ALBEF); 'concat', the
+        pooled fused text and image, concatenated (M3AE)."""
         gather: bool = False  # draw candidates from every rank's batch (DDP)
         """Draw negatives from every rank's batch under DDP."""
 
@@ -73,8 +82,38 @@ class ITM(Objective):
         super().__init__(params, ctx)
         if ctx.fusion_width is None:
             raise ValueError("ITM needs a fusion module")
-        self.head = nn.Linear(ctx.fusion_width, 2)
+        width = ctx.fusion_width
+        if params.head == "concat":  # M3AE's poolers: dense + tanh on each stream's first token
+            self.text_pool = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+            self.image_pool = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.head = nn.Linear(width * (2 if params.head == "concat" else 1), 2)
         self.max_text_len = ctx.max_text_len
+
+    def bind(self, model: nn.Module) -> None:
+        name, objectives = self.params.temperature_from, dict(model.objectives)
+        if name is None:
+            return
+        source = objectives.get(name)
+        if not isinstance(getattr(source, "temperature", None), LearnableTemperature):
+            have = [n for n, o in objectives.items()
+                    if isinstance(getattr(o, "temperature", None), LearnableTemperature)]
+            raise ParamError("temperature_from", f"{name!r} is not an objective of this "
+                             "recipe with a learned temperature (those with one: "
+                             f"{', '.join(have) or 'none'})")
+
+    def sampling_temperature(self, step: Step) -> torch.Tensor | float:
+        """The recipe's fixed temperature, or the named objective's learned one (no grad)."""
+        name = self.params.temperature_from
+        if name is None:
+            return self.params.temperature
+        return step.model.objectives[name].temperature.temperature()
+
+    def pooled(self, fused: FusedFeatures) -> torch.Tensor:
+        """What the head reads of one fused pair."""
+        if self.params.head == "text_cls":
+            return fused.text[:, 0]
+        return torch.cat([self.text_pool(fused.text[:, 0]), self.image_pool(fused.image[:, 0])],
+                         dim=-1)
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
@@ -83,30 +122,31 @@ class ITM(Objective):
                      embeddings="read" if params.negatives == "hard" else "none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
-        p = self.params
+        params = self.params
 
         def cands(x: torch.Tensor, grad: bool = False, pad_to: int | None = None
                   ) -> torch.Tensor:
             """Candidates: this rank's batch, or every rank's when `gather` is on (token
             tensors padded to a length all ranks share)."""
-            if not p.gather:
+            if not params.gather:
                 return x
             return D.gather_with_grad(x, pad_to) if grad else D.gather_no_grad(x, pad_to)
 
-        img, txt = step.image(p.image_view), step.text(p.text_view)
+        img, txt = step.image(params.image_view), step.text(params.text_view)
         ids = (step.batch.sample_id, step.batch.text_id)
         exclude = same_pair_mask(ids, tuple(cands(i) for i in ids))
-        hard = p.negatives == "hard"
+        hard = params.negatives == "hard"
         if hard:  # similarities of the shared ITC embeddings, no gradient
-            image_emb = step.image_embedding(p.image_view).detach().float()
-            text_emb = step.text_embedding(p.text_view).detach().float()
+            image_emb = step.image_embedding(params.image_view).detach().float()
+            text_emb = step.text_embedding(params.text_view).detach().float()
             with fp32(image_emb):  # bf16 would round near-equal similarities together
                 sim_i2t, sim_t2i = image_emb @ cands(text_emb).T, text_emb @ cands(image_emb).T
         else:
             sim_i2t = sim_t2i = torch.zeros(exclude.shape, device=exclude.device)
-        g = step.generator_for(f"itm/{p.image_view}/{p.text_view}")
-        neg_text = sample_negatives(sim_i2t, exclude, g, hard, p.temperature)
-        neg_image = sample_negatives(sim_t2i, exclude, g, hard, p.temperature)
+        g = step.generator_for(f"itm/{params.image_view}/{params.text_view}")
+        temperature = self.sampling_temperature(step)
+        neg_text = sample_negatives(sim_i2t, exclude, g, hard, temperature)
+        neg_image = sample_negatives(sim_t2i, exclude, g, hard, temperature)
         matched = torch.cat([torch.ones_like(neg_text, dtype=torch.bool),
                              exclude.gather(1, neg_text[:, None]).squeeze(1),
                              exclude.gather(1, neg_image[:, None]).squeeze(1)]).long()
@@ -117,9 +157,8 @@ class ITM(Objective):
                                         "itm_negative_texts")
         text_with_neg_image = step.fuse(cands(img.tokens, grad=True)[neg_image], txt.tokens,
                                         txt.mask, "itm_negative_images")
-        positive = step.fused(p.image_view, p.text_view)
-        cls = torch.cat([positive.text[:, 0], image_with_neg_text.text[:, 0],
-                         text_with_neg_image.text[:, 0]])
-        logits = self.head(cls)
+        positive = step.fused(params.image_view, params.text_view)
+        logits = self.head(torch.cat([self.pooled(positive), self.pooled(image_with_neg_text),
+                                      self.pooled(text_with_neg_image)]))
         accuracy = (logits.argmax(-1) == matched).float().mean()
         return ObjectiveOutput(itm_loss(logits, matched), {"accuracy": accuracy})

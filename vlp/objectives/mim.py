@@ -16,7 +16,7 @@ from torch import nn
 
 from vlp.core.errors import ParamError
 from vlp.encoders.base import patchify
-from vlp.encoders.layers import Block
+from vlp.encoders.layers import Block, sincos_positions_2d, xavier_init_
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
 from vlp.plugins.base import Params
 
@@ -71,6 +71,9 @@ class MIM(Objective):
         """Attention heads of the decoder."""
         norm_pix: bool = True
         """Reconstruct per-patch normalised pixels (MAE's norm_pix_loss)."""
+        decoder_init: Literal["mae", "learned"] = "mae"
+        """'mae': xavier-uniform decoder and fixed 2-D sin-cos positions; 'learned': PyTorch's
+        default layers and learned positions from normal(0, 0.02)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -89,11 +92,23 @@ class MIM(Objective):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, w))
         self.pos_embed = nn.Parameter(torch.zeros(1, ctx.num_prefix_tokens + ctx.num_patches, w))
         nn.init.normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(Block(w, params.decoder_heads) for _ in
                                     range(params.decoder_depth))
         self.norm = nn.LayerNorm(w)
         self.pred = nn.Linear(w, ctx.patch_size ** 2 * ctx.channels)
+        if params.decoder_init == "mae":
+            xavier_init_(self)
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_positions_2d(w, ctx.grid_size,
+                                                         ctx.num_prefix_tokens)[None])
+            self.pos_embed.requires_grad_(False)  # fixed, as in MAE
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def init_weights(self, style: str) -> None:
+        """The model-wide `model.init` leaves an MAE-initialised decoder as it is."""
+        if self.params.decoder_init != "mae":
+            super().init_weights(style)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token", "pos_embed"}
@@ -107,18 +122,18 @@ class MIM(Objective):
 
     def image_tokens(self, step: Step) -> tuple[torch.Tensor, int]:
         """(prefix + kept patch tokens, number of prefix tokens) from the chosen source."""
-        p = self.params
-        features = step.image(p.image_view)
-        if p.source == "encoder":
+        params = self.params
+        features = step.image(params.image_view)
+        if params.source == "encoder":
             return features.tokens, features.num_prefix
-        fused = step.fused(p.image_view, p.text_view)
-        if p.fusion_layer == -1:
+        fused = step.fused(params.image_view, params.text_view)
+        if params.fusion_layer == -1:
             return fused.image, features.num_prefix
-        if not -len(fused.image_layers) <= p.fusion_layer < len(fused.image_layers):
-            raise ValueError(f"fusion_layer {p.fusion_layer}: the fusion exposes "
+        if not -len(fused.image_layers) <= params.fusion_layer < len(fused.image_layers):
+            raise ValueError(f"fusion_layer {params.fusion_layer}: the fusion exposes "
                              f"{len(fused.image_layers)} image layers (only a bidirectional "
                              "fusion updates the image stream per layer)")
-        return fused.image_layers[p.fusion_layer], features.num_prefix
+        return fused.image_layers[params.fusion_layer], features.num_prefix
 
     def forward(self, step: Step) -> ObjectiveOutput:
         view = step.image_view(self.params.image_view)

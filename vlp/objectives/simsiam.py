@@ -24,11 +24,14 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
              + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()) / 2
 
 
-def projector(width: int, dim: int) -> nn.Sequential:
-    """SimSiam's 3-layer projection MLP with BatchNorm (last BN without affine)."""
-    return nn.Sequential(nn.Linear(width, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(True),
-                         nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(True),
-                         nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
+def projector(width: int, hidden: int, dim: int) -> nn.Sequential:
+    """SimSiam's 3-layer projection MLP with BatchNorm (last BN without affine): width ->
+    hidden -> hidden -> dim; the official one keeps hidden at the encoder's width."""
+    return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden),
+                         nn.ReLU(True),
+                         nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden),
+                         nn.ReLU(True),
+                         nn.Linear(hidden, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
 
 
 def predictor(dim: int, hidden: int) -> nn.Sequential:
@@ -51,10 +54,13 @@ class SimSiam(Objective):
         """Width of the projection MLP's output."""
         pred_dim: int = Field(512, gt=0)
         """Hidden width of the predictor MLP."""
+        projector_hidden: int | None = Field(None, gt=0)
+        """Hidden width of the projector (None: the encoder's width, as the official one)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
-        self.projector = projector(ctx.image_width, params.dim)
+        self.projector = projector(ctx.image_width, params.projector_hidden or ctx.image_width,
+                                   params.dim)
         self.predictor = predictor(params.dim, params.pred_dim)
 
     @classmethod
