@@ -328,12 +328,6 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
             problems.append(Problem(where_of(prov, key, source), key,
                                     "reads fused image-text features but the recipe has no "
                                     "'model.fusion' (e.g. {name: cross_attention})"))
-        if r.cls.batch_coupled and spec.trainer.grad_accum > 1:
-            problems.append(Problem(
-                where_of(prov, "trainer.grad_accum", source), "trainer.grad_accum",
-                f"objective '{name}' compares samples within the batch (negatives), so "
-                "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
-                "smaller batch_size or more ranks"))
     if not objectives and not problems:
         problems.append(Problem(where_of(prov, "objectives", source), "objectives",
                                 "no objective has a weight above 0"))

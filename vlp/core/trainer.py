@@ -25,6 +25,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vlp.core import distributed as D
+from vlp.core.accumulate import (
+    AccumulatedStep,
+    accumulation_problems,
+    all_reduce_gradients,
+    split_batch,
+)
 from vlp.core.checkpoint import (
     load_state,
     load_weights,
@@ -38,6 +44,7 @@ from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.step import Step
 from vlp.data.batch import Batch
 from vlp.data.loader import train_loader
 from vlp.seeding import mix_seed
@@ -54,9 +61,11 @@ class TrainResult:
     retrieval: dict[str, float] | None
 
 
-def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
-    """Masks and augmentations of step s come from (seed, s, rank) alone: exact resume."""
-    return torch.Generator(device=device).manual_seed(mix_seed(seed, step, D.rank()))
+def step_generator(device: torch.device, seed: int, step: int, micro: int = 0
+                   ) -> torch.Generator:
+    """Masks and augmentations of micro-batch m of step s come from (seed, s, m, rank) alone
+    (each view then mixes in its name): exact resume, and no two micro-batches share masks."""
+    return torch.Generator(device=device).manual_seed(mix_seed(seed, step, micro, D.rank()))
 
 
 def _autocast(device: torch.device, precision: str):
@@ -153,6 +162,11 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     run_dir = _run_dir(recipe, out, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
+    if trainer.grad_accum > 1 and (problems := accumulation_problems(run.model)):
+        raise RecipeError([Problem(recipe.source, "trainer.grad_accum",
+                                   f"exact accumulation recomputes features, but {reason}; "
+                                   "set it to 0 or use grad_accum: 1")
+                           for reason in problems[:3]])
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     start = _restore(run, optimizer, scheduler, resume) if resume else 0
@@ -174,27 +188,43 @@ def data_loader(training: Training) -> DataLoader:
 
 @dataclass
 class StepOutput:
-    metrics: dict[str, torch.Tensor]  # means over the micro-batches, detached, on the device
-    passes: dict[str, int]  # encoder passes of the last micro-batch
+    metrics: dict[str, torch.Tensor]  # of the whole batch, detached, on the device
+    passes: dict[str, int]  # encoder passes per (encoder, view); each covers all micro-batches
+
+
+def forward_backward(model: nn.Module, batch: Batch, step: int, seed: int, grad_accum: int,
+                     precision: str, ddp: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+    """The whole batch's loss, metrics and pass counts, with its gradient in `.grad`.
+
+    grad_accum 1: one pass (through `ddp` if given). grad_accum k > 1: the feature-caching
+    two-pass step of vlp.core.accumulate, exact for batch-coupled objectives; gradients are then
+    averaged over ranks once, here, instead of by DDP."""
+    device = batch.image.device
+    if grad_accum == 1:
+        with _autocast(device, precision):
+            loss, metrics, passes = (ddp or model)(batch, step_generator(device, seed, step))
+        loss.backward()
+        return loss.detach(), metrics, passes
+    micro = [Step(model, part, step_generator(device, seed, step, i))
+             for i, part in enumerate(split_batch(batch, grad_accum))]
+    whole = AccumulatedStep(model, batch, micro, step_generator(device, seed, step))
+    with _autocast(device, precision):
+        loss, metrics, passes = model.losses(whole)
+    loss.backward()
+    with _autocast(device, precision):
+        whole.backward_through_micro_batches()
+    all_reduce_gradients(model)
+    return loss.detach(), metrics, passes
 
 
 def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
-    """Forward and backward over the micro-batches, clip, optimiser and schedule step."""
-    trainer, ddp = training.trainer, training.ddp
-    generator = step_generator(training.device, training.recipe.spec.seed, step)
-    metrics: dict[str, torch.Tensor] = {}
-    passes: dict[str, int] = {}
-    micro = batch.image.shape[0] // trainer.grad_accum
-    for i in range(trainer.grad_accum):
-        part = batch if trainer.grad_accum == 1 else type(batch)(
-            **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
-        sync = i == trainer.grad_accum - 1 or not D.is_distributed()
-        with (contextlib.nullcontext() if sync else ddp.no_sync()), \
-                _autocast(training.device, trainer.precision):
-            loss, part_metrics, passes = ddp(part, generator)
-        (loss / trainer.grad_accum).backward()
-        for key, value in {"loss": loss.detach(), **part_metrics}.items():  # micro-batch mean
-            metrics[key] = metrics.get(key, 0) + value / trainer.grad_accum
+    """Forward and backward over the whole batch, clip, optimiser and schedule step."""
+    trainer = training.trainer
+    loss, metrics, passes = forward_backward(
+        training.model, batch, step, training.recipe.spec.seed, trainer.grad_accum,
+        trainer.precision, training.ddp)
+    metrics = {"loss": loss, **metrics}
     metrics["grad_norm"] = (
         torch.nn.utils.clip_grad_norm_(training.model.parameters(), trainer.grad_clip)
         if trainer.grad_clip > 0 else torch.zeros((), device=training.device))
