@@ -116,6 +116,8 @@ class TrainerSpec(_Strict):
     device: str = "auto"
     find_unused_parameters: bool = False
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
+    grad_checkpointing: bool = False  # recompute encoder/fusion block activations in backward
+    compile: bool = False  # torch.compile the encoders and the fusion
 
 
 class EvalSpec(_Strict):

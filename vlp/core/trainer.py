@@ -44,6 +44,7 @@ from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.speed import checkpoint_blocks, compile_encoders
 from vlp.core.step import Step
 from vlp.data.batch import Batch
 from vlp.data.loader import train_loader
@@ -167,6 +168,10 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
                                    f"exact accumulation recomputes features, but {reason}; "
                                    "set it to 0 or use grad_accum: 1")
                            for reason in problems[:3]])
+    if trainer.grad_checkpointing:
+        checkpoint_blocks(run.model)
+    if trainer.compile:
+        compile_encoders(run.model)
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     start = _restore(run, optimizer, scheduler, resume) if resume else 0
