@@ -35,13 +35,6 @@ from vlp.data.batch import Batch
 Compute = Callable[[Step], Sequence[torch.Tensor]]
 
 
-def split_batch(batch: Batch, parts: int) -> list[Batch]:
-    """`parts` equal contiguous micro-batches (the recipe check ensures divisibility)."""
-    size = len(batch) // parts
-    return [Batch(**{k: v[i * size:(i + 1) * size] for k, v in vars(batch).items()})
-            for i in range(parts)]
-
-
 def concat_parts(parts: Sequence):
     """Concatenate micro-batch views (dataclasses of tensors or None) along the batch."""
     first = parts[0]

@@ -21,15 +21,12 @@ from typing import TextIO
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vlp.core import distributed as D
 from vlp.core.accumulate import (
     AccumulatedStep,
-    accumulation_problems,
     all_reduce_gradients,
-    split_batch,
 )
 from vlp.core.checkpoint import (
     load_state,
@@ -40,13 +37,16 @@ from vlp.core.checkpoint import (
     set_rng_state,
     write_json,
 )
-from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
+from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.runfolder import check_run_folder
+from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.speed import checkpoint_blocks, compile_encoders
 from vlp.core.step import Step
 from vlp.data.batch import Batch
+from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
 from vlp.data.loader import train_loader
 from vlp.seeding import mix_seed
 
@@ -62,11 +62,12 @@ class TrainResult:
     retrieval: dict[str, float] | None
 
 
-def step_generator(device: torch.device, seed: int, step: int, micro: int = 0
+def step_generator(device: torch.device, seed: int, step: int, micro_batch: int = 0
                    ) -> torch.Generator:
-    """Masks and augmentations of micro-batch m of step s come from (seed, s, m, rank) alone
-    (each view then mixes in its name): exact resume, and no two micro-batches share masks."""
-    return torch.Generator(device=device).manual_seed(mix_seed(seed, step, micro, D.rank()))
+    """Masks and augmentations of micro-batch m of step s come from (seed, s, m, rank) alone:
+    each accumulated micro-batch gets its own masks, and resuming needs no saved state."""
+    return torch.Generator(device=device).manual_seed(
+        mix_seed(seed, step, micro_batch, D.rank()))
 
 
 def _autocast(device: torch.device, precision: str):
@@ -90,6 +91,7 @@ class Training:
     ddp: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
     start: int  # first step to run (the resumed step, or 0)
     end: int  # step after the last one this call runs (stop_after or max_steps)
+    faults: FaultLog  # this rank's rows that could not be read when drawn (resumed too)
 
     @property
     def model(self) -> nn.Module:
@@ -134,15 +136,19 @@ def _join_ranks(recipe: Recipe) -> torch.device:
 
 
 def _restore(run: Run, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, resume: str) -> int:
-    """Load weights, optimiser, schedule and RNG state of a checkpoint; returns its step."""
+             scheduler: torch.optim.lr_scheduler.LRScheduler, resume: str,
+             faults: FaultLog) -> int:
+    """Load weights, optimiser, schedule, this rank's RNG state and data faults of a
+    checkpoint; returns its step."""
     ckpt = resolve_checkpoint(run.run_dir, resume)
     load_weights(run.model, ckpt)
     state = load_state(ckpt, run.device)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state({k: v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]
-                   for k, v in state["rng"].items()})
+    ranks = state.get("ranks", [])
+    own = ranks[D.rank()] if D.rank() < len(ranks) else {"rng": state.get("rng")}
+    set_rng_state(own["rng"])
+    faults.merge(own.get("data_faults", {}))
     return int(state["step"])
 
 
@@ -161,31 +167,29 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     spec, trainer = recipe.spec, recipe.spec.trainer
     device = _join_ranks(recipe)
     run_dir = _run_dir(recipe, out, resume)
+    check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
-    if trainer.grad_accum > 1 and (problems := accumulation_problems(run.model)):
-        raise RecipeError([Problem(recipe.source, "trainer.grad_accum",
-                                   f"exact accumulation recomputes features, but {reason}; "
-                                   "set it to 0 or use grad_accum: 1")
-                           for reason in problems[:3]])
     if trainer.grad_checkpointing:
         checkpoint_blocks(run.model)
     if trainer.compile:
         compile_encoders(run.model)
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
-    start = _restore(run, optimizer, scheduler, resume) if resume else 0
+    faults = FaultLog()
+    start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
     ddp = _wrap_for_ranks(run.model, device, trainer)
-    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end)
+    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults)
 
 
-def data_loader(training: Training) -> DataLoader:
+def data_loader(training: Training) -> FaultCountingLoader:
     """This rank's share of the batches of steps start..end-1."""
     spec = training.recipe.spec
     return train_loader(training.run.data, training.run.collate, spec.trainer.batch_size,
                         spec.seed, training.start, training.end, spec.data.num_workers,
-                        D.rank(), D.world_size(), pin=training.device.type == "cuda")
+                        D.rank(), D.world_size(), pin=training.device.type == "cuda",
+                        faults=training.faults)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -212,7 +216,7 @@ def forward_backward(model: nn.Module, batch: Batch, step: int, seed: int, grad_
         loss.backward()
         return loss.detach(), metrics, passes
     micro = [Step(model, part, step_generator(device, seed, step, i))
-             for i, part in enumerate(split_batch(batch, grad_accum))]
+             for i, part in enumerate(batch.split(grad_accum))]
     whole = AccumulatedStep(model, batch, micro, step_generator(device, seed, step))
     with _autocast(device, precision):
         loss, metrics, passes = model.losses(whole)
@@ -340,9 +344,11 @@ class RunLog:
 
 
 def save(training: Training, step: int) -> None:
-    """Checkpoint weights, optimiser, schedule and RNG state (written by rank 0)."""
+    """Checkpoint weights, optimiser, schedule, and every rank's RNG state and data faults
+    (written by rank 0)."""
+    ranks = D.per_rank({"rng": rng_state(), "data_faults": training.faults.state()})
     state = {"optimizer": training.optimizer.state_dict(),
-             "scheduler": training.scheduler.state_dict(), "rng": rng_state()}
+             "scheduler": training.scheduler.state_dict(), "ranks": ranks}
     if D.rank() == 0:
         save_checkpoint(training.run_dir, step, training.model, state,
                         keep=training.trainer.keep_checkpoints)
@@ -352,13 +358,13 @@ def finish(training: Training, done: int, last: dict[str, float],
            evaluate: Evaluator | None) -> dict[str, float] | None:
     """After the last step: evaluate on rank 0 and write summary.json (complete runs only)."""
     result = None
+    faults = all_faults(training.faults)
     if evaluate and D.rank() == 0 and done >= training.trainer.max_steps:
         run = training.run
         result = evaluate(run)
         write_json(training.run_dir / "summary.json", {
             "recipe": training.recipe.source, "steps": done, "final": last, "retrieval": result,
-            "skipped_rows": run.data.skipped,
-            "bad_rows": [list(r) for r in run.data.bad_rows[:100]]})
+            **data_report(run.data, faults)})
     if D.is_distributed():
         torch.distributed.barrier()
     return result
@@ -378,21 +384,29 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     window = MetricsWindow(list(training.model.objectives), training.start, training.device)
     log = RunLog(training)
     last: dict[str, float] = {}
-    for step, batch in enumerate(data_loader(training), start=training.start):
-        output = train_step(training, batch.to(training.device), step)
-        window.add(step, output.metrics)
-        done = step + 1
-        if done % trainer.log_every == 0 or done == training.end:
-            window.check_finite(done, training.run_dir)
-            steps = done - window.since
-            values, elapsed = window.close(done)
-            last = {"step": done, "lr": training.scheduler.get_last_lr()[0], **values,
-                    "samples_per_s": steps * trainer.batch_size / elapsed, **output.passes}
-            log.write(last)
-        log.bar.update(1)
-        if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
-            window.check_finite(done, training.run_dir)
-            save(training, done)
+    with stop_on_signals() as stop:  # SIGINT/SIGTERM: end the step, checkpoint, exit
+        for step, batch in enumerate(data_loader(training), start=training.start):
+            output = train_step(training, batch.to(training.device), step)
+            window.add(step, output.metrics)
+            done = step + 1
+            if done % trainer.log_every == 0 or done == training.end:
+                window.check_finite(done, training.run_dir)
+                steps = done - window.since
+                values, elapsed = window.close(done)
+                last = {"step": done, "lr": training.scheduler.get_last_lr()[0], **values,
+                        "samples_per_s": steps * trainer.batch_size / elapsed, **output.passes}
+                log.write(last)
+            log.bar.update(1)
+            if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
+                window.check_finite(done, training.run_dir)
+                save(training, done)
+            if (signum := stop.requested()) and done != training.end:
+                log.close()
+                window.check_finite(done, training.run_dir)
+                save(training, done)
+                raise Interrupted(f"{signal_name(signum)}: stopped after step {done} with a "
+                                  f"checkpoint in {training.run_dir / 'checkpoints'}; continue "
+                                  "with --resume latest", signum)
     log.close()
     done = max(training.start, training.end)
     window.check_finite(done, training.run_dir)
