@@ -193,6 +193,8 @@ def test_two_ranks_with_accumulation_match_one_process_whole_batch(write_recipe,
     import subprocess
     import sys
 
+    from test_fsdp import free_port
+
     from vlp.core.trainer import train
 
     tok = tmp_path / "tokenizer.json"
@@ -206,7 +208,7 @@ def test_two_ranks_with_accumulation_match_one_process_whole_batch(write_recipe,
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29533", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
+         "--master-port", str(free_port()), "-m", "vlp.cli", "train", str(path), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     train(load_recipe(path, ["trainer.grad_accum=1"]), out=tmp_path / "single")

@@ -24,6 +24,7 @@ from dataclasses import fields, is_dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from vlp.core import distributed as D
 from vlp.core.features import FusedFeatures, ImageFeatures, TextFeatures
@@ -144,7 +145,8 @@ def all_reduce_gradients(model: nn.Module, bucket_bytes: int = 25 * 2 ** 20) -> 
     group). Every rank runs the same objectives, so the same parameters have gradients."""
     if not D.is_distributed():
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in model.parameters()  # FSDP reduce-scatters its shards itself
+             if p.grad is not None and not isinstance(p.grad, DTensor)]
     world = D.world_size()
     bucket: list[torch.Tensor] = []
 

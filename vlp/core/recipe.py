@@ -120,6 +120,7 @@ class TrainerSpec(_Strict):
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
     grad_checkpointing: bool = False  # recompute encoder/fusion block activations in backward
     compile: bool = False  # torch.compile the encoders and the fusion
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate, or shard (FSDP2)
 
 
 class EvalSpec(_Strict):

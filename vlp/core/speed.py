@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 PARTS = ("image_encoder", "text_encoder", "fusion")
 
 
-def _blocks(module: nn.Module) -> list[nn.Module]:
+def transformer_blocks(module: nn.Module) -> list[nn.Module]:
     """Every element of a ModuleList or Sequential whose attribute name ends in 'blocks'
     (timm's `blocks`, vlp's `blocks`, `text_blocks`, `image_blocks`)."""
     found = []
@@ -41,7 +41,7 @@ def checkpoint_blocks(model: nn.Module) -> int:
     count = 0
     for part in PARTS:
         module = getattr(model, part, None)
-        for block in _blocks(module) if module is not None else []:
+        for block in transformer_blocks(module) if module is not None else []:
             if not getattr(block, "_vlp_checkpointed", False):
                 block.forward = _checkpointed(block.forward)
                 block._vlp_checkpointed = True

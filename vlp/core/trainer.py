@@ -20,6 +20,7 @@ from typing import TextIO
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -40,8 +41,16 @@ from vlp.core.checkpoint import (
 from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
-from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.run import (
+    Run,
+    build_run,
+    default_run_dir,
+    latest_run_dir,
+    load_run,
+    resolve_device,
+)
 from vlp.core.runfolder import check_run_folder
+from vlp.core.sharding import full_state, is_sharded, load_full_state, shard_model
 from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.speed import checkpoint_blocks, compile_encoders
 from vlp.core.step import Step
@@ -141,9 +150,12 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer,
     """Load weights, optimiser, schedule, this rank's RNG state and data faults of a
     checkpoint; returns its step."""
     ckpt = resolve_checkpoint(run.run_dir, resume)
-    load_weights(run.model, ckpt)
     state = load_state(ckpt, run.device)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(run.model):
+        load_full_state(run.model, optimizer, ckpt, state["optimizer"])
+    else:
+        load_weights(run.model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ranks = state.get("ranks", [])
     own = ranks[D.rank()] if D.rank() < len(ranks) else {"rng": state.get("rng")}
@@ -153,8 +165,9 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer,
 
 
 def _wrap_for_ranks(model: nn.Module, device: torch.device, trainer: TrainerSpec) -> nn.Module:
-    """DistributedDataParallel under torchrun (BatchNorm synchronised on CUDA), else as is."""
-    if not D.is_distributed():
+    """DistributedDataParallel under torchrun (BatchNorm synchronised on CUDA); as is when
+    sharded (FSDP2 synchronises itself) or in a single process."""
+    if not D.is_distributed() or is_sharded(model):
         return model
     if device.type == "cuda":  # BatchNorm statistics over all ranks
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -172,6 +185,8 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     run = build_run(recipe, run_dir, device)
     if trainer.grad_checkpointing:
         checkpoint_blocks(run.model)
+    if trainer.parallel == "fsdp" and D.is_distributed():
+        shard_model(run.model)  # before the optimiser, which then holds the shards
     if trainer.compile:
         compile_encoders(run.model)
     optimizer = build_optimizer(run.model, spec.optim)
@@ -214,6 +229,8 @@ def forward_backward(model: nn.Module, batch: Batch, step: int, seed: int, grad_
         with _autocast(device, precision):
             loss, metrics, passes = (ddp or model)(batch, step_generator(device, seed, step))
         loss.backward()
+        if is_sharded(model):  # FSDP leaves scalar parameters replicated
+            all_reduce_gradients(model)
         return loss.detach(), metrics, passes
     micro = [Step(model, part, step_generator(device, seed, step, i))
              for i, part in enumerate(batch.split(grad_accum))]
@@ -234,9 +251,9 @@ def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
         training.model, batch, step, training.recipe.spec.seed, trainer.grad_accum,
         trainer.precision, training.ddp)
     metrics = {"loss": loss, **metrics}
-    metrics["grad_norm"] = (
-        torch.nn.utils.clip_grad_norm_(training.model.parameters(), trainer.grad_clip)
-        if trainer.grad_clip > 0 else torch.zeros((), device=training.device))
+    norm = (torch.nn.utils.clip_grad_norm_(training.model.parameters(), trainer.grad_clip)
+            if trainer.grad_clip > 0 else torch.zeros((), device=training.device))
+    metrics["grad_norm"] = norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP
     training.optimizer.step()
     training.scheduler.step()
     training.optimizer.zero_grad(set_to_none=True)
@@ -347,11 +364,14 @@ def save(training: Training, step: int) -> None:
     """Checkpoint weights, optimiser, schedule, and every rank's RNG state and data faults
     (written by rank 0)."""
     ranks = D.per_rank({"rng": rng_state(), "data_faults": training.faults.state()})
-    state = {"optimizer": training.optimizer.state_dict(),
-             "scheduler": training.scheduler.state_dict(), "ranks": ranks}
+    weights, optimizer = None, training.optimizer.state_dict()
+    if is_sharded(training.model):  # every rank takes part in gathering the full state
+        weights, optimizer = full_state(training.model, training.optimizer)
+    state = {"optimizer": optimizer, "scheduler": training.scheduler.state_dict(),
+             "ranks": ranks}
     if D.rank() == 0:
         save_checkpoint(training.run_dir, step, training.model, state,
-                        keep=training.trainer.keep_checkpoints)
+                        keep=training.trainer.keep_checkpoints, weights=weights)
 
 
 def finish(training: Training, done: int, last: dict[str, float],
@@ -359,8 +379,10 @@ def finish(training: Training, done: int, last: dict[str, float],
     """After the last step: evaluate on rank 0 and write summary.json (complete runs only)."""
     result = None
     faults = all_faults(training.faults)
-    if evaluate and D.rank() == 0 and done >= training.trainer.max_steps:
-        run = training.run
+    run, complete = training.run, done >= training.trainer.max_steps
+    if evaluate and complete and is_sharded(run.model):  # the saved full weights, rebuilt on
+        run = load_run(training.run_dir, device=str(training.device))  # every rank (it syncs)
+    if evaluate and D.rank() == 0 and complete:
         result = evaluate(run)
         write_json(training.run_dir / "summary.json", {
             "recipe": training.recipe.source, "steps": done, "final": last, "retrieval": result,
