@@ -1,12 +1,15 @@
 """The README's baseline: recipes/clip.yaml on the demo data learns held-out retrieval.
 
 Runs the shipped recipe unchanged (about 3 minutes on 2 CPU cores; its wall time is recorded in
-docs/benchmarks.md, not asserted here).
+docs/benchmarks.md, not asserted here), so it is marked slow: `python -m pytest -m slow`. The
+default suite runs it shortened, as a batch job (tests/test_progress.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
@@ -15,6 +18,7 @@ from vlp.eval.evaluate import retrieval_of_run
 REPO = Path(__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_clip_recipe_reaches_five_times_chance(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "clip.yaml")
     result = train(recipe, out=tmp_path / "clip", evaluate=retrieval_of_run)
