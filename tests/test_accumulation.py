@@ -28,7 +28,7 @@ TINY = ["data.image_size=32", "data.max_text_len=40", "model.image_encoder.embed
 FUSION = "model: {fusion: {name: cross_attention, layers: 1, heads: 2}}\n"
 OWN = {
     "itc": "objectives: {itc: {weight: 1.0}}\n",
-    "itm_hard": FUSION + "objectives: {itm: {weight: 1.0, negatives: hard}}\n",
+    "itm_hard": FUSION + "objectives: {itc: {weight: 1.0}, itm: {weight: 1.0, negatives: hard}}\n",
     "itm_random": FUSION + "objectives: {itm: {weight: 1.0, negatives: random}}\n",
     "gla_filip": "objectives: {gla: {weight: 1.0, local: filip}}\n",
     "gla_gloria": "objectives: {gla: {weight: 1.0, local: gloria}}\n",
