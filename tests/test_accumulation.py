@@ -185,36 +185,56 @@ def test_resume_with_accumulation_gives_identical_losses(accum_recipe, tmp_path)
     assert [r["step"] for r in logged(tmp_path / "split")] == [1, 2, 3, 4]
 
 
-def test_two_ranks_with_accumulation_match_one_process_whole_batch(write_recipe, tmp_path):
-    """torchrun, 2 gloo ranks x 2 micro-batches, each rank loading and collating its own
-    share, logs the same losses as one process stepping on the whole batch at once. (ITC: GLA
-    and gathered ITM under DDP wait on per-rank text padding, issue 8.)"""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(path: Path, out: Path, *args: str) -> None:
+    """`vlp.cli train` on 2 gloo ranks, on a port nobody else is using."""
     import os
     import subprocess
     import sys
 
-    from test_fsdp import free_port
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(free_port()), "-m", "vlp.cli", "train", str(path), "--out",
+         str(out), *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln]
+    assert proc.returncode == 0, "\n".join(errors[:20]) or proc.stderr[-3000:]
 
-    from vlp.core.trainer import train
 
+def itc_recipe(write_recipe, tmp_path: Path, trainer: str) -> Path:
     tok = tmp_path / "tokenizer.json"
     train_tokenizer(demo_reports(64), vocab_size=300).save(str(tok))
-    path = write_recipe(f"""
+    return write_recipe(f"""
         _base_: tiny_base.yaml
         model: {{tokenizer: {{path: {tok}}}}}
         objectives: {{itc: {{weight: 1.0}}}}
-        trainer: {{max_steps: 3, grad_accum: 2}}
+        trainer: {trainer}
     """)
-    out = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", str(free_port()), "-m", "vlp.cli", "train", str(path), "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    train(load_recipe(path, ["trainer.grad_accum=1"]), out=tmp_path / "single")
-    ranks, single = logged(out), logged(tmp_path / "single")
-    assert [r["step"] for r in ranks] == [1, 2, 3]
-    for a, b in zip(ranks, single):
+
+
+def assert_same_losses(run: Path, reference: Path, steps: int) -> None:
+    got, want = logged(run), logged(reference)
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    for a, b in zip(got, want):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def test_two_ranks_with_accumulation_match_one_process_whole_batch(write_recipe, tmp_path):
+    """torchrun, 2 gloo ranks x 2 micro-batches, each rank loading and collating its own
+    share, logs the same losses as one process stepping on the whole batch at once. (ITC: GLA
+    and gathered ITM under DDP wait on per-rank text padding, issue 8.)"""
+    from vlp.core.trainer import train
+
+    path = itc_recipe(write_recipe, tmp_path, "{max_steps: 3, grad_accum: 2}")
+    torchrun(path, tmp_path / "ddp")
+    train(load_recipe(path, ["trainer.grad_accum=1"]), out=tmp_path / "single")
+    assert_same_losses(tmp_path / "ddp", tmp_path / "single", 3)
