@@ -53,12 +53,12 @@ def test_itc_perfect_alignment_and_gradients():
     assert img.grad is not None and img.grad.abs().sum() > 0
 
 
-def run_two_ranks(name: str, folder: Path, port: int) -> dict:
+def run_two_ranks(name: str, folder: Path) -> dict:
     """One DDP step of recipe `name` on 2 gloo ranks, each collating its own share."""
     out = folder / f"{name}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(port), str(HERE / "ddp_worker.py"), name,
+                           "--standalone", str(HERE / "ddp_worker.py"), name,
                            str(folder), str(out)], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
     """Two gloo ranks with half the batch each give the single-process loss and gradients."""
     sys.path.insert(0, str(HERE))
     loss, grads = one_process("itc", tmp_path)
-    assert_same_step(run_two_ranks("itc", tmp_path, 29517), loss, grads)
+    assert_same_step(run_two_ranks("itc", tmp_path), loss, grads)
 
 
 def test_ddp_token_gathers_with_reports_of_different_lengths(tmp_path):
@@ -94,6 +94,6 @@ def test_ddp_token_gathers_with_reports_of_different_lengths(tmp_path):
     different lengths; the result is still the single-process loss and gradients."""
     sys.path.insert(0, str(HERE))
     loss, grads = one_process("gla", tmp_path)
-    got = run_two_ranks("gla", tmp_path, 29518)
+    got = run_two_ranks("gla", tmp_path)
     assert got["lengths"][0] != got["lengths"][1]  # the case under test: unequal padding
     assert_same_step(got, loss, grads)

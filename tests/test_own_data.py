@@ -166,3 +166,16 @@ def test_val_path_and_a_separate_test_manifest(write_recipe, tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 10
     assert json.loads((tmp_path / "run" / "retrieval_test.json").read_text()) == metrics
+
+
+def test_shard_patterns_and_text_encoder_folders_are_read_from_the_recipe_folder(tmp_path):
+    from vlp.core.yamlio import absolute_paths
+
+    data = {"data": {"urls": ["shards/train-{000000..000003}.tar", "pipe:cat x.tar"],
+                     "val_urls": "https://host/val-{0..1}.tar"},
+            "model": {"text_encoder": {"name": "hf_text", "path": "../models/bert"}}}
+    absolute_paths(data, tmp_path / "recipes")
+    assert data["data"]["urls"] == [str(tmp_path / "recipes/shards/train-{000000..000003}.tar"),
+                                    "pipe:cat x.tar"]
+    assert data["data"]["val_urls"] == "https://host/val-{0..1}.tar"
+    assert data["model"]["text_encoder"]["path"] == str(tmp_path / "models/bert")

@@ -98,6 +98,24 @@ def test_ranks_and_workers_split_shards_and_resume_exactly(shards):
         stream_ids(shards, 0, 6, rank=0, world=1, workers=0)[3:]
 
 
+def test_starting_the_shard_loader_draws_nothing_from_the_global_rng(shards):
+    """Dropout draws from the global torch RNG; a loader that seeds its workers from it would
+    shift dropout after a resume (the state is restored before the loader starts)."""
+    import torch
+
+    from vlp.data.loader import DataSplits, train_loader
+    from vlp.data.shards import ShardStream, expand, read_index
+
+    tok = train_tokenizer(["clear lungs no effusion"] * 4, vocab_size=100)
+    listed, _ = read_index(expand(str(shards / "train" / "shard-{000000..000007}.tar")))
+    data = DataSplits(ShardStream(listed, 32, 1), [], [], {})
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    loader = train_loader(data, Collator(tok, 16), 8, 0, 2, 4, 0, 0, 1, False)
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_two_gloo_ranks_train_and_resume_from_shards(shards, write_recipe, tmp_path):
     path = write_recipe(f"""
         _base_: tiny_base.yaml
@@ -112,7 +130,7 @@ def test_two_gloo_ranks_train_and_resume_from_shards(shards, write_recipe, tmp_p
     path.write_text(path.read_text() + f"model: {{tokenizer: {{path: {tok}}}}}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29541", str(Path(__file__).parent / "shard_worker.py"), str(path),
+         "--standalone", str(Path(__file__).parent / "shard_worker.py"), str(path),
          str(tmp_path)], capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

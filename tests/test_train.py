@@ -134,7 +134,7 @@ def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
     out = tmp_path / "ddp_run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29531", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
+         "--standalone", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in losses(out)] == [1, 2]
@@ -248,3 +248,18 @@ def test_grad_accum_draws_new_masks_per_micro_batch_and_resumes_exactly(accumula
     train(recipe, out=tmp_path / "split", resume="latest")
     assert torch.equal(torch.stack(drawn[:8]), torch.stack(drawn[8:]))
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+
+
+def test_stop_after_not_past_the_resumed_step_changes_nothing(recipe_path, tmp_path, capsys):
+    from vlp.cli import train_main
+
+    out = tmp_path / "run"
+    assert train_main([str(recipe_path), "--out", str(out), "--stop-after", "3"]) == 0
+    summary = (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert train_main([str(recipe_path), "--out", str(out), "--resume", "latest",
+                       "--stop-after", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--stop-after 2: the run in" in err and "already at step 3" in err
+    assert "Traceback" not in err
+    assert (out / "summary.json").read_text() == summary

@@ -19,18 +19,7 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from vlp.core.errors import CheckpointError
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
+from vlp.files import fsync_file, write_text_atomic
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,7 +80,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
                       str(tmp / "model.safetensors"))
         torch.save({"step": step, **state}, tmp / "state.pt")
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_file(f)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         pointer = root / "latest"
@@ -108,7 +97,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
     else:
         os.replace(tmp, final)
     try:
-        _write_text_atomic(root / "latest", final.name)
+        write_text_atomic(root / "latest", final.name)
     except OSError as exc:  # the new folder is complete; `latest` still names the previous one
         raise CheckpointWriteError(f"checkpoint {final} was written but {root / 'latest'} could "
                                    f"not be updated: {exc.strerror or exc}; it still names the "
@@ -133,7 +122,7 @@ def save_best(run_dir: Path, step: int, model: nn.Module, info: dict[str, Any]) 
     save_model(model, str(tmp / "model.safetensors"))
     (tmp / "best.json").write_text(json.dumps({**info, "step": step}, indent=2) + "\n")
     for f in tmp.iterdir():
-        _fsync(f)
+        fsync_file(f)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
@@ -173,4 +162,4 @@ def load_state(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def write_json(path: Path, data: Any) -> None:
-    _write_text_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")

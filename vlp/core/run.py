@@ -31,6 +31,7 @@ from vlp.data.tokenize import (
     load_tokenizer,
     train_tokenizer,
 )
+from vlp.files import write_text_atomic
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,7 +130,7 @@ def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
     tokenizer, special = _tokenizer(recipe, run_dir, data.train_texts)
     saved = run_dir / "recipe.yaml"
     if D.rank() == 0 and not saved.exists():  # a run keeps the recipe it started with
-        saved.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        write_text_atomic(saved, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     model = VLPModel(recipe, TokenIds.of(tokenizer, special)).to(device)
     return Run(recipe, run_dir, device, data, tokenizer, special, model)
 

@@ -21,6 +21,7 @@ import yaml
 from vlp.core.checkpoint import resolve_checkpoint
 from vlp.core.errors import UserError
 from vlp.core.recipe import Recipe
+from vlp.files import write_text_atomic
 
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints")
 OPERATIONAL = ("trainer.log_every", "trainer.ckpt_every", "trainer.keep_checkpoints",
@@ -88,4 +89,4 @@ def record_changes(run_dir: Path, recipe: Recipe, changes: list[Change], step: i
     with (run_dir / "recipe_changes.jsonl").open("a") as log:
         log.write(json.dumps({"step": step, "changes": {k: [old, new] for k, old, new in changes}})
                   + "\n")
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -36,7 +36,7 @@ from vlp.core.checkpoint import (
     set_rng_state,
     write_json,
 )
-from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
+from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError, UserError
 from vlp.core.heldout import HeldOutTracker
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.progress import TrainProgress, say
@@ -205,6 +205,9 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     if changes and D.rank() == 0:
         record_changes(run_dir, recipe, changes, start)
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
+    if stop_after is not None and end <= start:  # re-saving `start` would rewrite the summary
+        raise UserError(f"--stop-after {stop_after}: the run in {run_dir} is already at step "
+                        f"{start}; pass a later step (or none, to train to {trainer.max_steps})")
     ddp = _wrap_for_ranks(run.model, device, trainer)
     return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults, threads)
 

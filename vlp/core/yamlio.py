@@ -100,8 +100,8 @@ def read_utf8(path: Path) -> str:
 REPLACE_KEY = "_replace_"
 # Keys holding file paths: a relative value is read from the folder of the file that wrote it
 # (a `--set` value from the working directory) and kept absolute, so a run folder works anywhere.
-PATH_KEYS = ("data.path", "data.val_path", "data.image_root", "model.tokenizer.path",
-             "model.image_encoder.weights")
+PATH_KEYS = ("data.path", "data.val_path", "data.image_root", "data.urls", "data.val_urls",
+             "model.tokenizer.path", "model.image_encoder.weights", "model.text_encoder.path")
 # A data section naming another `source` replaces the base's, keeping only these shared keys.
 SHARED_ON_SOURCE_SWITCH = ("image_size", "channels", "max_text_len", "num_workers", "seed",
                            "min_val_size")
@@ -115,9 +115,18 @@ def absolute_paths(data: dict, folder: Path, only: str | None = None) -> None:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         value = node.get(leaf) if isinstance(node, dict) else None
-        if isinstance(value, str) and value:
-            path = Path(value).expanduser()  # ~/x is absolute once expanded
-            node[leaf] = str(path if path.is_absolute() else (folder / path).resolve())
+        if isinstance(value, list):  # e.g. several shard patterns
+            node[leaf] = [_absolute(v, folder) for v in value]
+        elif isinstance(value, str) and value:
+            node[leaf] = _absolute(value, folder)
+
+
+def _absolute(value: Any, folder: Path) -> Any:
+    """A relative local path read from `folder`; URLs (`scheme://`, `pipe:`) stay as written."""
+    if not isinstance(value, str) or not value or "://" in value or value.startswith("pipe:"):
+        return value
+    path = Path(value).expanduser()  # ~/x is absolute once expanded
+    return str(path if path.is_absolute() else (folder / path).resolve())
 
 
 def switch_source(base: dict, top: dict, prov: Provenance) -> dict:

@@ -142,16 +142,16 @@ def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: i
     """Batches of steps start..total-1; rows unreadable when drawn are replaced and counted in
     the returned loader's `faults`. The loader's own generator (worker seeds) is seeded from
     `seed`, so starting it draws nothing from the global RNG that dropout uses."""
+    own_rng = {"worker_init_fn": worker_init,
+               "generator": torch.Generator().manual_seed(mix_seed(seed, "loader", start))}
     if isinstance(data.train, IterableDataset):  # a shard stream splits and resumes itself
         return FaultCountingLoader(data.train.loader(collate, global_batch, seed, start, total,
-                                                     num_workers, rank, world, pin),
+                                                     num_workers, rank, world, pin, **own_rng),
                                    FaultLog() if faults is None else faults)
     sampler = StepBatchSampler(len(data.train), global_batch, seed, start, total, rank, world)
     loader = DataLoader(Replacing(data.train), batch_sampler=sampler,
                         collate_fn=FaultCollator(collate), num_workers=num_workers,
-                        pin_memory=pin, persistent_workers=num_workers > 0,
-                        worker_init_fn=worker_init,
-                        generator=torch.Generator().manual_seed(mix_seed(seed, "loader", start)))
+                        pin_memory=pin, persistent_workers=num_workers > 0, **own_rng)
     return FaultCountingLoader(loader, FaultLog() if faults is None else faults)
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from vlp.data.collate import Collator
 from vlp.data.images import DecodeError, load_image_bytes
 from vlp.data.sample import DataError, Pair
+from vlp.files import write_text_atomic
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff", "bmp")
 INDEX = "index.json"
@@ -70,7 +71,7 @@ def write_shards(dataset: Any, out: Path, shard_size: int = 1000, seed: int = 0
     index = {"source": str(dataset.path), "total": len(order), "shards": shards,
              "skipped": {k: v for k, v in dataset.skipped.items() if v},
              "bad_rows": [list(r) for r in dataset.bad_rows]}
-    (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    write_text_atomic(out / INDEX, json.dumps(index, indent=2) + "\n")
     return index
 
 
@@ -172,11 +173,14 @@ class ShardStream(IterableDataset):
         return sum(s.samples for s in self.shards)
 
     def loader(self, collate: Collator, global_batch: int, seed: int, start: int, total: int,
-               num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:
-        """A DataLoader of the batches for steps start..total-1 of this rank."""
+               num_workers: int, rank: int, world: int, pin: bool, **options: Any
+               ) -> DataLoader:
+        """A DataLoader of the batches for steps start..total-1 of this rank; `options` go to
+        the DataLoader (its own seeded generator, so starting it draws no global RNG)."""
         self.configure(collate, global_batch // world, seed, start, total, rank, world,
                        max(1, num_workers))
-        return DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin)
+        return DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin,
+                          **options)
 
 
 class ShardPairs(Dataset[Pair]):

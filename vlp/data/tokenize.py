@@ -25,6 +25,8 @@ from tokenizers import (
     trainers,
 )
 
+from vlp.files import write_text_atomic
+
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -44,7 +46,7 @@ class SpecialTokens:
         return [self.pad, self.unk, self.cls, self.sep, self.mask]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text_atomic(Path(path), json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> SpecialTokens:

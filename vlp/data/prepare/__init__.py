@@ -22,6 +22,7 @@ from PIL import Image
 
 from vlp.data.images import DecodeError, check_image, decode_image
 from vlp.data.sample import DataError
+from vlp.files import write_text_atomic
 
 KINDS = {"mimic_cxr": "mimic_cxr", "iu_xray": "iu_xray", "openi": "iu_xray", "roco": "roco",
          "medicat": "medicat", "pmc_oa": "pmc_oa"}
@@ -114,7 +115,7 @@ def write_manifests(records: Iterable[Record], out: Path, options: Options,
         rows[record.split].append(json.dumps({"image": image, "text": record.text,
                                               "study": record.study}))
     for split, lines in rows.items():
-        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+        write_text_atomic(out / f"{split}.jsonl", "".join(line + "\n" for line in lines))
     return {split: len(lines) for split, lines in rows.items()}
 
 
@@ -131,5 +132,5 @@ def prepare(kind: str, src: Path, out: Path, options: Options | None = None,
     written = write_manifests(adapter(src, options), out, options, resize)
     report = {"kind": kind, "source": str(src), "rows": written,
               "dropped": dict(sorted(options.counts.items()))}
-    (out / "prepare_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "prepare_report.json", json.dumps(report, indent=2) + "\n")
     return report
