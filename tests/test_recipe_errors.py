@@ -54,8 +54,8 @@ CASES = [
     ("override of unknown key", GOOD, ["trainer.max_stepz=3"],
      "trainer.max_stepz", "unknown key", None),
     ("invalid YAML", GOOD + "trainer: {max_steps: [1, 2\n", [], "", "not valid YAML", None),
-    ("accumulation with negatives", GOOD + "trainer: {grad_accum: 2}\n", [],
-     "trainer.grad_accum", "objective 'itc' compares samples within the batch", None),
+    ("batch not divisible by accumulation", GOOD + "trainer: {grad_accum: 3}\n", [],
+     "trainer.batch_size", "must be divisible by trainer.grad_accum", None),
     ("nothing to train", GOOD.replace("weight: 1.0", "weight: 0"), [],
      "objectives", "no objective has a weight above 0", None),
     ("MLM on an unmasked view", GOOD + "  mlm: {weight: 1, text_view: text}\n", [],
@@ -110,6 +110,8 @@ def test_malformed_recipe_rejected(name, text, sets, key, reason, line, write_re
      "model.fusion", "cannot be built: fusion width 32 is not divisible by heads 3"),
     ("data: {image_size: 36}\n", "data.image_size",
      "cannot be built: 36 is not a multiple of the image encoder's patch size 8"),
+    ("trainer: {grad_accum: 2}\nmodel: {text_encoder: {dropout: 0.1}}\n", "trainer.grad_accum",
+     "exact accumulation recomputes features, but model.text_encoder (drop) has dropout 0.1"),
 ])
 def test_parts_that_do_not_fit_fail_cleanly_before_training(extra, key, reason, write_recipe,
                                                            capsys, tmp_path):

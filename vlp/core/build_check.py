@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from vlp.core.accumulate import accumulation_problems
 from vlp.core.errors import Problem, RecipeError
 from vlp.core.recipe import Recipe
 from vlp.data.tokenize import SPECIAL_TOKENS, TokenIds, load_tokenizer
@@ -62,6 +63,11 @@ def check_build(recipe: Recipe) -> None:
     sizes = {key: sum(p.numel() for p in m.parameters()) for key, m in parts.items()
              if m is not None}
     total = sum(p.numel() for p in model.parameters())
+    trainer = recipe.spec.trainer
+    if trainer.grad_accum > 1 and (problems := accumulation_problems(model)):
+        raise RecipeError([Problem(recipe.where("trainer.grad_accum"), "trainer.grad_accum",
+                                   f"exact accumulation recomputes features, but {reason}; "
+                                   "set it to 0 or use grad_accum: 1") for reason in problems])
     memory = device_memory(recipe.spec.trainer.device)
     if memory is not None and total * BYTES_PER_PARAM > memory[1]:
         largest = max(sizes, key=sizes.get)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from vlp.core.errors import CheckpointError
@@ -59,9 +59,10 @@ class CheckpointWriteError(CheckpointError):
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write weights + state for `step`, point `latest` at it, keep the `keep` newest writes.
 
+    `weights`: a full state dict to write instead of `model`'s (a sharded model's, gathered).
     A failed write (a full disk) removes the partial folder, leaves `latest` and every earlier
     checkpoint as they were, and raises CheckpointWriteError saying so.
     """
@@ -72,7 +73,11 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
+        if weights is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file({k: v.contiguous() for k, v in weights.items()},
+                      str(tmp / "model.safetensors"))
         torch.save({"step": step, **state}, tmp / "state.pt")
         for f in tmp.iterdir():
             fsync_file(f)

@@ -116,7 +116,11 @@ class VLPModel(nn.Module):
     def forward(self, batch: Batch, generator: torch.Generator
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
         """One step: (weighted total loss, detached per-objective metrics, encoder pass counts)."""
-        step = Step(self, batch, generator)
+        return self.losses(Step(self, batch, generator))
+
+    def losses(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+        """Every objective on `step` (a plain or an accumulated step): the same as `forward`."""
+        batch = step.batch
         total = batch.image.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
         for name, objective in self.objectives.items():

@@ -144,6 +144,9 @@ class TrainerSpec(_Strict):
     device: str = "auto"
     find_unused_parameters: bool = False
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
+    grad_checkpointing: bool = False  # recompute encoder/fusion block activations in backward
+    compile: bool = False  # torch.compile the encoders and the fusion
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate, or shard (FSDP2)
     threads: int | None = Field(None, gt=0)  # CPU threads; default: cores / local ranks
     eval_every: int = Field(0, ge=0)  # held-out retrieval every N steps (0: only at the end)
     best_metric: str = "mean_R"  # held-out metric (higher is better) picking checkpoints/best
@@ -419,7 +422,6 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
         if r is not None:
             views[name] = r
 
-    trainer = valid.get("trainer")
     objectives: dict[str, Resolved] = {}
     for name, raw in _mapping(data.get("objectives")).items():
         if not isinstance(raw, dict):
@@ -443,12 +445,6 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
             problems.append(Problem(where_of(prov, key, source), key,
                                     "reads fused image-text features but the recipe has no "
                                     "'model.fusion' (e.g. {name: cross_attention})"))
-        if r.cls.batch_coupled and trainer is not None and trainer.grad_accum > 1:
-            problems.append(Problem(
-                where_of(prov, "trainer.grad_accum", source), "trainer.grad_accum",
-                f"objective '{name}' compares samples within the batch (negatives), so "
-                "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
-                "smaller batch_size or more ranks"))
     uses = {name: r.cls.needs(r.params).embeddings for name, r in objectives.items()}
     if "train" not in uses.values():
         for name in (n for n, use in uses.items() if use == "read"):
@@ -544,6 +540,9 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
         add("trainer.tensorboard", "tensorboard is not installed: pip install -e '.[tensorboard]'")
     if trainer.batch_size % trainer.grad_accum:
         add("trainer.batch_size", "must be divisible by trainer.grad_accum")
+    if trainer.parallel == "fsdp" and trainer.eval_every:
+        add("trainer.eval_every", "held-out evaluation during training needs the whole model on "
+            "rank 0; with parallel: fsdp the run is evaluated once, at the end (set it to 0)")
     reason = _device_problem(trainer.device)
     if reason:
         add("trainer.device", reason)

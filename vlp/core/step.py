@@ -33,6 +33,13 @@ class Step:
         self.passes: Counter[str] = Counter()
         self._memo: dict[tuple, Any] = {}
 
+    def sharing_views(self) -> Step:
+        """A fresh step over the same batch that reuses this step's views (the same masks) but
+        none of its features: gradient accumulation recomputes features with gradients."""
+        fresh = Step(self.model, self.batch, self.generator)
+        fresh._memo = {key: value for key, value in self._memo.items() if key[0] == "view"}
+        return fresh
+
     def _once(self, key: tuple, compute: Callable[[], Any]) -> Any:
         if key not in self._memo:
             self._memo[key] = compute()

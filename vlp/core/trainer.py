@@ -19,9 +19,14 @@ from typing import TextIO
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from vlp.core import distributed as D
+from vlp.core.accumulate import (
+    AccumulatedStep,
+    all_reduce_gradients,
+)
 from vlp.core.checkpoint import (
     load_state,
     load_weights,
@@ -36,9 +41,19 @@ from vlp.core.heldout import HeldOutTracker
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.progress import TrainProgress, say
 from vlp.core.recipe import Recipe, TrainerSpec
-from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.run import (
+    Run,
+    build_run,
+    default_run_dir,
+    latest_run_dir,
+    load_run,
+    resolve_device,
+)
 from vlp.core.runfolder import check_run_folder, record_changes
+from vlp.core.sharding import full_state, is_sharded, load_full_state, shard_model
 from vlp.core.signals import signal_name, stop_on_signals
+from vlp.core.speed import checkpoint_blocks, compile_encoders
+from vlp.core.step import Step
 from vlp.core.threads import ThreadChoice, apply_threads
 from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
@@ -139,9 +154,12 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer,
     """Load weights, optimiser, schedule, this rank's RNG state and data faults of a
     checkpoint; returns its step."""
     ckpt = resolve_checkpoint(run.run_dir, resume)
-    load_weights(run.model, ckpt)
     state = load_state(ckpt, run.device)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(run.model):
+        load_full_state(run.model, optimizer, ckpt, state["optimizer"])
+    else:
+        load_weights(run.model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ranks = state.get("ranks", [])
     own = ranks[D.rank()] if D.rank() < len(ranks) else {"rng": state.get("rng")}
@@ -151,8 +169,9 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer,
 
 
 def _wrap_for_ranks(model: nn.Module, device: torch.device, trainer: TrainerSpec) -> nn.Module:
-    """DistributedDataParallel under torchrun (BatchNorm synchronised on CUDA), else as is."""
-    if not D.is_distributed():
+    """DistributedDataParallel under torchrun (BatchNorm synchronised on CUDA); as is when
+    sharded (FSDP2 synchronises itself) or in a single process."""
+    if not D.is_distributed() or is_sharded(model):
         return model
     if device.type == "cuda":  # BatchNorm statistics over all ranks
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -173,6 +192,12 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     run = build_run(recipe, run_dir, device)
     sample = run.collate(probe_pairs(run.data))
     check_every_parameter_trains(recipe, run.model, sample.to(device))
+    if trainer.grad_checkpointing:
+        checkpoint_blocks(run.model)
+    if trainer.parallel == "fsdp" and D.is_distributed():
+        shard_model(run.model)  # before the optimiser, which then holds the shards
+    if trainer.compile:
+        compile_encoders(run.model)
     optimizer = build_optimizer(run.model, spec.optim, recipe.where)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
@@ -201,27 +226,48 @@ def data_loader(training: Training) -> FaultCountingLoader:
 
 @dataclass
 class StepOutput:
-    metrics: dict[str, torch.Tensor]  # means over the micro-batches, detached, on the device
-    passes: dict[str, int]  # encoder passes of the last micro-batch
+    metrics: dict[str, torch.Tensor]  # of the whole batch, detached, on the device
+    passes: dict[str, int]  # encoder passes per (encoder, view); each covers all micro-batches
+
+
+def forward_backward(model: nn.Module, batch: Batch, step: int, seed: int, grad_accum: int,
+                     precision: str, ddp: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+    """The whole batch's loss, metrics and pass counts, with its gradient in `.grad`.
+
+    grad_accum 1: one pass (through `ddp` if given). grad_accum k > 1: the feature-caching
+    two-pass step of vlp.core.accumulate, exact for batch-coupled objectives; gradients are then
+    averaged over ranks once, here, instead of by DDP."""
+    device = batch.image.device
+    if grad_accum == 1:
+        with _autocast(device, precision):
+            loss, metrics, passes = (ddp or model)(batch, step_generator(device, seed, step))
+        loss.backward()
+        if is_sharded(model):  # FSDP leaves scalar parameters replicated
+            all_reduce_gradients(model)
+        return loss.detach(), metrics, passes
+    micro = [Step(model, part, step_generator(device, seed, step, i))
+             for i, part in enumerate(batch.split(grad_accum))]
+    whole = AccumulatedStep(model, batch, micro, step_generator(device, seed, step))
+    with _autocast(device, precision):
+        loss, metrics, passes = model.losses(whole)
+    loss.backward()
+    with _autocast(device, precision):
+        whole.backward_through_micro_batches()
+    all_reduce_gradients(model)
+    return loss.detach(), metrics, passes
 
 
 def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
-    """Forward and backward over the micro-batches, clip, optimiser and schedule step."""
-    trainer, ddp = training.trainer, training.ddp
-    metrics: dict[str, torch.Tensor] = {}
-    passes: dict[str, int] = {}
-    for i, part in enumerate(batch.split(trainer.grad_accum)):
-        generator = step_generator(training.device, training.recipe.spec.seed, step, i)
-        sync = i == trainer.grad_accum - 1 or not D.is_distributed()
-        with (contextlib.nullcontext() if sync else ddp.no_sync()), \
-                _autocast(training.device, trainer.precision):
-            loss, part_metrics, passes = ddp(part, generator)
-        (loss / trainer.grad_accum).backward()
-        for key, value in {"loss": loss.detach(), **part_metrics}.items():  # micro-batch mean
-            metrics[key] = metrics.get(key, 0) + value / trainer.grad_accum
-    metrics["grad_norm"] = (
-        torch.nn.utils.clip_grad_norm_(training.model.parameters(), trainer.grad_clip)
-        if trainer.grad_clip > 0 else torch.zeros((), device=training.device))
+    """Forward and backward over the whole batch, clip, optimiser and schedule step."""
+    trainer = training.trainer
+    loss, metrics, passes = forward_backward(
+        training.model, batch, step, training.recipe.spec.seed, trainer.grad_accum,
+        trainer.precision, training.ddp)
+    metrics = {"loss": loss, **metrics}
+    norm = (torch.nn.utils.clip_grad_norm_(training.model.parameters(), trainer.grad_clip)
+            if trainer.grad_clip > 0 else torch.zeros((), device=training.device))
+    metrics["grad_norm"] = norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP
     training.optimizer.step()
     training.scheduler.step()
     training.optimizer.zero_grad(set_to_none=True)
@@ -332,11 +378,14 @@ def save(training: Training, step: int) -> None:
     """Checkpoint weights, optimiser, schedule, and every rank's RNG state and data faults
     (written by rank 0)."""
     ranks = D.per_rank({"rng": rng_state(), "data_faults": training.faults.state()})
-    state = {"optimizer": training.optimizer.state_dict(),
-             "scheduler": training.scheduler.state_dict(), "ranks": ranks}
+    weights, optimizer = None, training.optimizer.state_dict()
+    if is_sharded(training.model):  # every rank takes part in gathering the full state
+        weights, optimizer = full_state(training.model, training.optimizer)
+    state = {"optimizer": optimizer, "scheduler": training.scheduler.state_dict(),
+             "ranks": ranks}
     if D.rank() == 0:
         save_checkpoint(training.run_dir, step, training.model, state,
-                        keep=training.trainer.keep_checkpoints)
+                        keep=training.trainer.keep_checkpoints, weights=weights)
 
 
 def finish(training: Training, done: int, last: dict[str, float], evaluate: Evaluator | None,
@@ -347,6 +396,9 @@ def finish(training: Training, done: int, last: dict[str, float], evaluate: Eval
     result, skipped_because = None, None
     trainer, run = training.trainer, training.run
     faults = all_faults(training.faults)
+    if evaluate and not stopped_by and done >= trainer.max_steps and is_sharded(run.model):
+        run = load_run(training.run_dir, device=str(training.device))  # the saved full weights,
+        # rebuilt on every rank (building synchronises); rank 0 evaluates them
     if stopped_by:
         skipped_because = stopped_by
     elif not evaluate:

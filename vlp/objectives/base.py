@@ -46,8 +46,9 @@ class ObjectiveOutput:
 class Objective(nn.Module, Plugin):
     """Base for objectives: they own their heads and read features only through the step."""
 
-    #: True when a sample's loss depends on other samples of the batch (negatives); such
-    #: objectives cannot be split across gradient-accumulation micro-batches unchanged.
+    #: True when a sample's loss depends on other samples of the batch (negatives, batch
+    #: statistics). Informational: gradient accumulation keeps the batch whole for every
+    #: objective (vlp.core.accumulate), so such objectives need nothing special.
     batch_coupled: ClassVar[bool] = False
 
     def __init__(self, params: Params, ctx: BuildContext):
