@@ -215,3 +215,30 @@ def test_hf_export_of_an_hf_text_run_is_its_trained_model(write_recipe, tmp_path
         text = loaded.encode_text(open_clip.get_tokenizer(f"local-dir:{out}")(texts),
                                   normalize=True)
         torch.testing.assert_close(text, step.text_embedding("text"), rtol=1e-5, atol=1e-5)
+
+
+NORMALISED = ", mean: [0.4], std: [0.2]"  # as from a pretrained config, in the recipe here
+
+
+def test_exports_carry_the_encoders_pixel_normalisation(write_recipe, tmp_path):
+    """A normalising encoder's mean/std go into timm's and open_clip's preprocessing configs, and
+    the exported tower fed pixels normalised with them gives vlp's embedding of raw pixels."""
+    from vlp.export.open_clip_format import export_open_clip
+    from vlp.export.timm_format import export_timm
+
+    model, tokenizer, batch = perturbed_model(write_recipe, NORMALISED)
+    export_timm(model, tmp_path / "timm")
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    data_config = timm.data.resolve_data_config(model=loaded)
+    assert data_config["mean"] == pytest.approx((0.4,)) and data_config["std"] == pytest.approx(
+        (0.2,))
+    with torch.no_grad():
+        ours = Step(model, batch, torch.Generator()).image_embedding("image")
+        theirs = F.normalize(loaded((batch.image - 0.4) / 0.2), dim=-1)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    out = tmp_path / "oc"
+    out.mkdir()
+    export_open_clip(model, tokenizer, out)
+    preprocess = json.loads((out / "open_clip_config.json").read_text())["preprocess_cfg"]
+    assert preprocess["mean"] == pytest.approx([0.4] * 3)
+    assert preprocess["std"] == pytest.approx([0.2] * 3)

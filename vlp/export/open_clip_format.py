@@ -24,7 +24,7 @@ from torch import nn
 from vlp.core.model import VLPModel
 from vlp.export.errors import ExportError
 from vlp.export.hf_format import hf_text_tower
-from vlp.export.timm_format import timm_image_tower
+from vlp.export.timm_format import pixel_statistics, timm_image_tower
 from vlp.objectives.temperature import LearnableTemperature
 
 HF_TYPE = "roberta-prelayernorm"
@@ -101,6 +101,11 @@ def export_open_clip(model: VLPModel, tokenizer: Tokenizer, out: Path) -> Path:
     state["text.proj.weight"] = model.text_proj.weight.detach().contiguous()
     state["logit_scale"] = _logit_scale(model)
     channels = model.ctx.channels
+    mean, std = pixel_statistics(model)
+
+    def rgb(values: tuple[float, ...]) -> list[float]:  # grey images arrive as three channels
+        return list(values) * 3 if len(values) == 1 else list(values)
+
     config = {
         "model_cfg": {
             "embed_dim": model.image_proj.out_features, "custom_text": True,
@@ -110,7 +115,7 @@ def export_open_clip(model: VLPModel, tokenizer: Tokenizer, out: Path) -> Path:
                          "hf_proj_type": "linear",
                          "hf_pooler_type": POOLERS[model.text_encoder.pool],
                          "context_length": max_len}},
-        "preprocess_cfg": {"mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bilinear",
+        "preprocess_cfg": {"mean": rgb(mean), "std": rgb(std), "interpolation": "bilinear",
                            "resize_mode": "squash"},
         "vlp": {"image_channels": channels, "note": "grey images as three equal channels"
                 if channels == 1 else ""}}

@@ -40,10 +40,19 @@ def timm_image_tower(model: VLPModel) -> tuple[VisionTransformer, dict[str, Any]
     return tower.eval(), args
 
 
+def pixel_statistics(model: VLPModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) the image encoder normalises [0, 1] pixels with (0 and 1 when it
+    does not): what a user of the export must apply, as vlp did before the first layer."""
+    encoder = model.image_encoder
+    return (tuple(encoder.pixel_mean.flatten().tolist()),
+            tuple(encoder.pixel_std.flatten().tolist()))
+
+
 def export_timm(model: VLPModel, out: Path) -> Path:
     tower, args = timm_image_tower(model)
     channels, size = args["in_chans"], args["img_size"]
+    mean, std = pixel_statistics(model)
     save_for_hf(tower, str(out), model_args=args, safe_serialization=True, data_config={
-        "input_size": (channels, size, size), "mean": (0.0,) * channels,
-        "std": (1.0,) * channels, "crop_pct": 1.0, "interpolation": "bilinear"})
+        "input_size": (channels, size, size), "mean": mean, "std": std, "crop_pct": 1.0,
+        "interpolation": "bilinear"})
     return out
