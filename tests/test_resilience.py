@@ -334,3 +334,17 @@ def test_dicom_with_cut_pixel_data_is_replaced_when_drawn(tmp_path):
     assert pair.sample_id == 3 and pair.text == "Normal."
     assert [(f.row, f.reason) for f in faults] == [(2, "unreadable_image")]
     assert "The number of bytes of pixel data is less than expected" in faults[0].detail
+
+
+def test_resume_of_a_run_from_an_older_version_fills_new_keys_with_defaults(tiny, tmp_path):
+    """A run folder written before a trainer key existed resumes: the missing key takes this
+    version's default, which is no change."""
+    import yaml
+
+    out = tmp_path / "run"
+    assert train_main([str(tiny), "--out", str(out), "--stop-after", "2", "--no-eval"]) == 0
+    saved = out / "recipe.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["trainer"]["grad_checkpointing"]  # as an older vlp wrote it
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    assert train_main([str(tiny), "--out", str(out), "--resume", "latest", "--no-eval"]) == 0

@@ -20,7 +20,7 @@ import yaml
 
 from vlp.core.checkpoint import resolve_checkpoint
 from vlp.core.errors import UserError
-from vlp.core.recipe import Recipe
+from vlp.core.recipe import Recipe, load_recipe
 from vlp.files import write_text_atomic
 
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints")
@@ -46,12 +46,22 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
+def _as_this_version_reads_it(saved: Path) -> dict[str, Any]:
+    """The run's recipe.yaml with this version's defaults filled in, so a run started by an
+    older vlp (without a key added since) is not told its recipe changed; as written if this
+    version no longer accepts it (every difference is then shown)."""
+    try:
+        return yaml.safe_load(yaml.safe_dump(load_recipe(saved).to_dict()))
+    except UserError:
+        return yaml.safe_load(saved.read_text()) or {}
+
+
 def recipe_changes(run_dir: Path, recipe: Recipe) -> list[Change]:
     """(dotted key, value in the run's recipe.yaml, value now) for every difference."""
     saved = Path(run_dir) / "recipe.yaml"
     if not saved.is_file():
         return []
-    before = _flat(yaml.safe_load(saved.read_text()) or {})
+    before = _flat(_as_this_version_reads_it(saved))
     now = _flat(yaml.safe_load(yaml.safe_dump(recipe.to_dict())))
     missing = object()
     return [(key, before.get(key, "(unset)"), now.get(key, "(unset)"))
