@@ -65,3 +65,19 @@ class _Threads(Dataset):
 def test_each_data_worker_gets_one_thread():
     loader = DataLoader(_Threads(), batch_size=None, num_workers=1, worker_init_fn=worker_init)
     assert [int(v) for v in loader] == [11, 11]
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_was_trained_with():
+    from vlp.core.threads import ThreadChoice, keep_run_threads
+
+    before = torch.get_num_threads()
+    try:
+        measured = ThreadChoice(2, "2 cores available", automatic=True)
+        kept = keep_run_threads(measured, 1)
+        assert kept.threads == 1 and torch.get_num_threads() == 1
+        assert "as the run was trained with (2 free now)" in kept.describe()
+        user = ThreadChoice(2, "trainer.threads")
+        assert keep_run_threads(user, 1) is user  # a count the user set wins
+        assert keep_run_threads(measured, None) is measured  # a checkpoint without the count
+    finally:
+        torch.set_num_threads(before)

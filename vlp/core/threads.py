@@ -66,6 +66,7 @@ def local_ranks() -> int:
 class ThreadChoice:
     threads: int
     reason: str
+    automatic: bool = False  # measured from the machine, not set by the user
 
     def describe(self) -> str:
         return f"threads: {self.threads} ({self.reason})"
@@ -83,7 +84,8 @@ def choose_threads(requested: int | None) -> ThreadChoice:
     busy = "" if usable == cores else f" ({cores - usable} busy with other work)"
     return ThreadChoice(max(1, usable // ranks),
                         f"{cores} cores available to this process{busy}, {ranks} local "
-                        f"rank{'s' if ranks > 1 else ''}; set trainer.threads to fix it")
+                        f"rank{'s' if ranks > 1 else ''}; set trainer.threads to fix it",
+                        automatic=True)
 
 
 def apply_threads(requested: int | None) -> ThreadChoice:
@@ -92,3 +94,13 @@ def apply_threads(requested: int | None) -> ThreadChoice:
     torch.set_num_threads(choice.threads)
     os.environ.setdefault("RAYON_NUM_THREADS", str(choice.threads))  # tokenizers' thread pool
     return choice
+
+
+def keep_run_threads(choice: ThreadChoice, saved: int | None) -> ThreadChoice:
+    """On resume, an automatic choice takes the count the run's checkpoint was trained with,
+    so the resumed steps repeat the uninterrupted run's arithmetic bit for bit (float sums
+    depend on the thread count); a count the user set is kept."""
+    if not choice.automatic or saved is None or saved == choice.threads:
+        return choice
+    torch.set_num_threads(saved)
+    return ThreadChoice(saved, f"as the run was trained with ({choice.threads} free now)")

@@ -54,7 +54,7 @@ from vlp.core.sharding import full_state, is_sharded, load_full_state, shard_mod
 from vlp.core.signals import signal_name, stop_on_signals
 from vlp.core.speed import checkpoint_blocks, compile_encoders
 from vlp.core.step import Step
-from vlp.core.threads import ThreadChoice, apply_threads
+from vlp.core.threads import ThreadChoice, apply_threads, keep_run_threads
 from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
 from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
@@ -150,9 +150,9 @@ def _join_ranks(recipe: Recipe) -> torch.device:
 
 def _restore(run: Run, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, resume: str,
-             faults: FaultLog) -> int:
+             faults: FaultLog) -> tuple[int, int | None]:
     """Load weights, optimiser, schedule, this rank's RNG state and data faults of a
-    checkpoint; returns its step."""
+    checkpoint; returns its step and the CPU threads it was trained with (if saved)."""
     ckpt = resolve_checkpoint(run.run_dir, resume)
     state = load_state(ckpt, run.device)
     if is_sharded(run.model):
@@ -165,7 +165,8 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer,
     own = ranks[D.rank()] if D.rank() < len(ranks) else {"rng": state.get("rng")}
     set_rng_state(own["rng"])
     faults.merge(own.get("data_faults", {}))
-    return int(state["step"])
+    threads = state.get("threads")
+    return int(state["step"]), None if threads is None else int(threads)
 
 
 def _wrap_for_ranks(model: nn.Module, device: torch.device, trainer: TrainerSpec) -> nn.Module:
@@ -201,7 +202,10 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     optimizer = build_optimizer(run.model, spec.optim, recipe.where)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
-    start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
+    start = 0
+    if resume:
+        start, saved_threads = _restore(run, optimizer, scheduler, resume, faults)
+        threads = keep_run_threads(threads, saved_threads)
     if changes and D.rank() == 0:
         record_changes(run_dir, recipe, changes, start)
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
@@ -382,7 +386,7 @@ def save(training: Training, step: int) -> None:
     if is_sharded(training.model):  # every rank takes part in gathering the full state
         weights, optimizer = full_state(training.model, training.optimizer)
     state = {"optimizer": optimizer, "scheduler": training.scheduler.state_dict(),
-             "ranks": ranks}
+             "ranks": ranks, "threads": training.threads.threads}
     if D.rank() == 0:
         save_checkpoint(training.run_dir, step, training.model, state,
                         keep=training.trainer.keep_checkpoints, weights=weights)
