@@ -1,4 +1,5 @@
-"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins`, `vlp eval RUN_DIR`."""
+"""Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins`, `vlp eval RUN_DIR`,
+`vlp compare RUN...`."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _train_parser(prog: str = "vlp-train") -> argparse.ArgumentParser:
                    help="stop at this step with a checkpoint (continue with --resume latest)")
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved recipe and exit")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out retrieval at the end")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the downstream tasks (the recipe's eval: section) at the end")
     return p
 
 
@@ -50,9 +52,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"run folder: {result.run_dir}")
         losses = {k: round(v, 4) for k, v in result.last_metrics.items() if k.startswith("loss")}
         print(f"step {result.steps}: {json.dumps(losses)}")
-        if result.retrieval:
-            print("held-out retrieval:", json.dumps(result.retrieval))
+        if result.evaluation:
+            _print_evaluation(result.evaluation)
     return 0
+
+
+def _print_evaluation(summary: dict) -> None:
+    from vlp.eval.runner import table
+
+    print(f"downstream tasks (details in {Path(summary['run']) / 'eval'}):")
+    print(table(summary))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -78,7 +87,22 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vlp.eval.evaluate import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run_dir, args.checkpoint, args.device), indent=2))
+    summary = evaluate_run(args.run_dir, args.checkpoint, args.device, args.tasks)
+    _print_evaluation(summary)
+    failed = [name for name, r in summary["results"].items() if "error" in r]
+    for name in failed:
+        print(f"error: task '{name}': {summary['results'][name]['error']}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from vlp.eval.compare import compare
+
+    markdown, files, skipped = compare(args.runs, args.out)
+    print(markdown, end="")
+    print("wrote " + ", ".join(str(f) for f in files))
+    if skipped:
+        print(skipped, file=sys.stderr)
     return 0
 
 
@@ -94,11 +118,18 @@ def _main_parser() -> argparse.ArgumentParser:
     _recipe_args(validate)
     validate.set_defaults(func=_cmd_validate)
     sub.add_parser("plugins", help="list installed plugins").set_defaults(func=_cmd_plugins)
-    ev = sub.add_parser("eval", help="held-out retrieval of a run folder")
+    ev = sub.add_parser("eval", help="run a run folder's downstream tasks again, or others")
     ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--tasks", type=Path, metavar="FILE.yaml",
+                    help="a task file (an eval: section on its own) instead of the recipe's")
     ev.add_argument("--checkpoint", default="latest")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_eval)
+    cmp = sub.add_parser("compare", help="one table of several runs' downstream results")
+    cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", type=Path, default=Path("comparison"),
+                     help="folder for comparison.md/.csv and the PNG plots (default comparison/)")
+    cmp.set_defaults(func=_cmd_compare)
     return p
 
 
@@ -109,7 +140,8 @@ def _run(func, args: argparse.Namespace) -> int:
     try:
         return func(args)
     except RecipeError as exc:
-        print(f"error: {getattr(args, 'recipe', None) or args.run_dir}: {exc}", file=sys.stderr)
+        source = getattr(args, "tasks", None) or getattr(args, "recipe", None) or args.run_dir
+        print(f"error: {source}: {exc}", file=sys.stderr)
     except (UserError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT

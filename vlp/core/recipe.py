@@ -6,7 +6,7 @@ Errors name the file (and line), the dotted key and the reason, all problems at 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,9 +118,19 @@ class TrainerSpec(_Strict):
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
 
 
+class TaskSpec(BaseModel):
+    """`{use: plugin?, ...params}`; the key names the task plugin unless `use` does."""
+
+    model_config = ConfigDict(extra="allow")
+    use: str | None = None
+
+
 class EvalSpec(_Strict):
-    batch_size: int = Field(256, gt=0)
-    ks: tuple[Annotated[int, Field(ge=1)], ...] = (1, 5, 10)
+    """The `eval:` section of a recipe, or a task file on its own (`vlp eval --tasks`)."""
+
+    batch_size: int = Field(256, gt=0)  # frozen-feature passes
+    ks: tuple[Annotated[int, Field(ge=1)], ...] = (1, 5, 10)  # retrieval recall cut-offs
+    tasks: dict[str, TaskSpec] = {"retrieval": TaskSpec()}  # run in order after training
 
 
 class RecipeSpec(_Strict):
@@ -157,6 +167,7 @@ class Recipe:
     fusion: Resolved | None
     views: dict[str, Resolved]
     objectives: dict[str, Resolved]  # only those with weight > 0
+    tasks: dict[str, Resolved] = field(default_factory=dict)  # downstream tasks of `eval:`
 
     @property
     def name(self) -> str:
@@ -178,7 +189,14 @@ class Recipe:
             entry = {"weight": spec.weight, **({"use": spec.use} if spec.use else {})}
             entry.update(_dump(r.params) if r else (spec.model_extra or {}))
             out["objectives"][name] = entry
+        out["eval"]["tasks"] = tasks_to_dict(self.spec.eval, self.tasks)
         return out
+
+
+def tasks_to_dict(spec: EvalSpec, tasks: dict[str, Resolved]) -> dict[str, Any]:
+    """Resolved task entries (defaults filled in), loadable again."""
+    return {name: {**({"use": spec.tasks[name].use} if spec.tasks[name].use else {}),
+                   **_dump(r.params)} for name, r in tasks.items()}
 
 
 def _dump(params: Params) -> dict[str, Any]:
@@ -334,6 +352,7 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                 f"objective '{name}' compares samples within the batch (negatives), so "
                 "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
                 "smaller batch_size or more ranks"))
+    tasks = resolve_tasks(spec.eval, "eval.tasks", prov, source, problems)
     if not objectives and not problems:
         problems.append(Problem(where_of(prov, "objectives", source), "objectives",
                                 "no objective has a weight above 0"))
@@ -363,7 +382,35 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     if problems:
         raise RecipeError(problems)
     assert image_encoder is not None and text_encoder is not None
-    return Recipe(source, spec, image_encoder, text_encoder, fusion, views, objectives)
+    return Recipe(source, spec, image_encoder, text_encoder, fusion, views, objectives, tasks)
+
+
+def resolve_tasks(spec: EvalSpec, prefix: str, prov: Provenance, source: str,
+                  problems: list[Problem]) -> dict[str, Resolved]:
+    """Bind each task entry to its plugin and validate its Params (problems appended)."""
+    tasks: dict[str, Resolved] = {}
+    for name, ts in spec.tasks.items():
+        key = f"{prefix}.{name}" if prefix else name
+        r = _resolve("task", key, ts.use or name, ts.model_extra or {}, prov, source,
+                     "use" if ts.use else "", ("use",), problems)
+        if r is not None:
+            tasks[name] = r
+    return tasks
+
+
+def load_task_file(path: str | Path) -> tuple[EvalSpec, dict[str, Resolved]]:
+    """Read and validate a task file: an `eval:` section on its own (`tasks:`, `batch_size:`)."""
+    source = str(path)
+    data, prov = load_with_bases(Path(path))
+    try:
+        spec = EvalSpec.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_problems(exc, "", prov, source, EvalSpec)) from None
+    problems: list[Problem] = []
+    tasks = resolve_tasks(spec, "tasks", prov, source, problems)
+    if problems:
+        raise RecipeError(problems)
+    return spec, tasks
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -9,15 +9,16 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from tokenizers import Tokenizer
 
 from vlp.core import distributed as D
-from vlp.core.checkpoint import load_weights, resolve_checkpoint, write_json
+from vlp.core.checkpoint import load_weights, resolve_checkpoint
 from vlp.core.model import VLPModel
-from vlp.core.recipe import Recipe, load_recipe
+from vlp.core.recipe import EvalSpec, Recipe, Resolved, load_recipe
 from vlp.data.collate import Collator
 from vlp.data.loader import DataSplits, build_datasets
 from vlp.data.tokenize import TokenIds, load_tokenizer, train_tokenizer
@@ -79,15 +80,14 @@ class Run:
     def collate(self) -> Collator:
         return Collator(self.tokenizer, self.recipe.spec.data.max_text_len)
 
-    def evaluate(self) -> dict[str, float]:
-        """Held-out retrieval, written to <run>/retrieval.json."""
-        from vlp.eval.evaluate import retrieval_eval
+    def evaluate(self, tasks: tuple[EvalSpec, dict[str, Resolved]] | None = None
+                 ) -> dict[str, Any]:
+        """The recipe's downstream tasks (or `tasks`, e.g. from a task file), written to
+        <run>/eval/; returns the summary (also eval/summary.json)."""
+        from vlp.eval.runner import run_tasks
 
-        spec = self.recipe.spec
-        metrics = retrieval_eval(self.model, self.data.val, self.collate, self.device,
-                                 spec.eval.batch_size, spec.eval.ks, spec.data.num_workers)
-        write_json(self.run_dir / "retrieval.json", metrics)
-        return metrics
+        spec, resolved = tasks or (self.recipe.spec.eval, self.recipe.tasks)
+        return run_tasks(self, spec, resolved)
 
 
 def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:

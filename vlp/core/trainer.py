@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -36,7 +37,15 @@ class TrainResult:
     run_dir: Path
     steps: int
     last_metrics: dict[str, float]
-    retrieval: dict[str, float] | None
+    evaluation: dict[str, Any] | None  # <run>/eval/summary.json of the downstream tasks
+
+    @property
+    def retrieval(self) -> dict[str, float] | None:
+        """Values of the first retrieval task's metrics, and its `n`."""
+        results = (self.evaluation or {}).get("results", {}).values()
+        found = next((r for r in results if r.get("plugin") == "retrieval" and "n" in r), None)
+        return None if found is None else {
+            "n": found["n"], **{k: m["value"] for k, m in found["metrics"].items()}}
 
 
 def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
@@ -218,13 +227,14 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     if board is not None:
         board.close()
 
-    retrieval = None
+    evaluation = None
     if evaluate and rank == 0 and done >= tr.max_steps:
-        retrieval = run.evaluate()
+        evaluation = run.evaluate()  # the recipe's downstream tasks, into <run>/eval/
         write_json(run_dir / "summary.json", {
-            "recipe": recipe.source, "steps": done, "final": last, "retrieval": retrieval,
+            "recipe": recipe.source, "steps": done, "final": last,
+            "eval": evaluation["results"],
             "skipped_rows": run.data.skipped,
             "bad_rows": [list(r) for r in run.data.bad_rows[:100]]})
     if D.is_distributed():
         torch.distributed.barrier()
-    return TrainResult(run_dir, done, last, retrieval)
+    return TrainResult(run_dir, done, last, evaluation)

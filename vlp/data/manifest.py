@@ -261,3 +261,17 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     n_val = 0 if val_fraction == 0 or n < 2 else min(max(round(n * val_fraction), 1), n - 1)
     order = np.random.Generator(np.random.PCG64(seed)).permutation(n)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def read_rows(path: Path, fmt: str | None = None
+              ) -> tuple[list[str], list[tuple[int, int, dict[str, object] | None, str]]]:
+    """Column names and (row, line, values or None, problem) of any manifest, for other readers
+    (e.g. downstream task files); rows numbered as in ManifestDataset."""
+    columns, records = _read_manifest(path, infer_format(path, fmt))
+    return columns, [(r.row, r.line, r.values, r.problem) for r in records]
+
+
+# For other readers of image files (downstream task manifests): the same checks and loading.
+BadRow = _BadRow
+check_image = _check_image
+load_image = _load_image
