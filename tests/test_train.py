@@ -60,11 +60,15 @@ def test_checkpoint_loads_without_pickle(recipe_path, tmp_path):
     assert state["step"] == 2 and "optimizer" in state and "rng" in state
     assert not list((result.run_dir / "checkpoints").glob(".tmp*"))
     # vlp eval rebuilds the run from its folder and reproduces the end-of-training figures
+    first = json.loads((result.run_dir / "eval" / "retrieval.json").read_text())
     assert main(["eval", str(result.run_dir)]) == 0
-    again = json.loads((result.run_dir / "retrieval.json").read_text())
-    assert again == result.retrieval
-    assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "n"} <= set(again)
-    assert again["n"] == 16
+    again = json.loads((result.run_dir / "eval" / "retrieval.json").read_text())
+    assert again["metrics"] == first["metrics"]
+    assert {k: m["value"] for k, m in again["metrics"].items()} == {
+        k: v for k, v in result.retrieval.items() if k != "n"}
+    assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"} <= set(
+        again["metrics"])
+    assert again["n"] == result.retrieval["n"] == 16
 
 
 def test_non_finite_loss_stops_naming_objective_and_step(recipe_path, tmp_path, monkeypatch):
@@ -128,7 +132,7 @@ def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in losses(out)] == [1, 2]
     assert (out / "checkpoints" / "latest").read_text() == "step_0000002"
-    assert json.loads((out / "retrieval.json").read_text())["n"] == 16
+    assert json.loads((out / "eval" / "retrieval.json").read_text())["n"] == 16
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -33,8 +33,8 @@ def comparison(run_dirs: list[Path]) -> tuple[list[str], list[dict[str, Any]]]:
     for run_dir in run_dirs:
         summary = load_summary(run_dir)
         row: dict[str, Any] = {"run": _label(summary, run_dir, {r["run"] for r in rows})}
-        for task, record in summary["results"].items():
-            for metric, m in record.get("metrics", {}).items():
+        for task in summary["order"]:
+            for metric, m in summary["results"][task].get("metrics", {}).items():
                 if "/" not in metric:
                     columns[f"{task}/{metric}"] = None
                     row[f"{task}/{metric}"] = m["value"]

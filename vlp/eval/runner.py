@@ -92,7 +92,7 @@ def run_tasks(run: Run, spec: EvalSpec, tasks: dict[str, Resolved]) -> dict[str,
         write_json(out / f"{name}.json", record)
         _write_csv(out / f"{name}.predictions.csv", result.predictions)
         results[name] = record
-    summary = {"run": str(run.run_dir), "recipe": run.recipe.source,
+    summary = {"run": str(run.run_dir), "recipe": run.recipe.source, "order": list(results),
                "tasks_config": tasks_to_dict(spec, tasks), "results": results,
                "feature_passes": features.pass_counts()}
     write_json(out / "summary.json", summary)
@@ -106,7 +106,8 @@ def _fmt(value: float | None) -> str:
 def table(summary: dict[str, Any]) -> str:
     """The downstream results as a Markdown table: task, metric, value, baseline."""
     lines = ["| task | metric | value | baseline |", "|---|---|---|---|"]
-    for name, record in summary["results"].items():
+    for name in summary["order"]:  # the JSON's keys are sorted; this is the task order
+        record = summary["results"][name]
         if "error" in record:
             lines.append(f"| {name} | skipped | {record['error']} | |")
             continue

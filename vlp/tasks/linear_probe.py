@@ -33,7 +33,7 @@ def _fraction_tag(fraction: float) -> str:
 
 
 def train_linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
-                       num_outputs: int, multi_label: bool, lr: float = 1e-3,
+                       num_outputs: int, multi_label: bool, lr: float = 1e-2,
                        weight_decay: float = 1e-4, epochs: int = 200, patience: int = 20,
                        batch_size: int = 256, seed: int = 0) -> tuple[nn.Module, dict]:
     """A Linear layer on standardised features (training-subset mean and std), trained with
@@ -83,7 +83,7 @@ class LinearProbe(Task):
         data: ClassData = DemoClassData()
         fractions: list[float] = Field([1.0], min_length=1)  # of the training split
         features: Literal["pooled", "embedding"] = "pooled"  # encoder output or projection
-        lr: float = Field(1e-3, gt=0)
+        lr: float = Field(1e-2, gt=0)  # on standardised features
         weight_decay: float = Field(1e-4, ge=0)
         epochs: int = Field(200, gt=0)
         patience: int = Field(20, gt=0)
