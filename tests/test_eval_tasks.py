@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_BASE
 
 import vlp.core.model
-from conftest import TINY_BASE
 from vlp.cli import main, train_main
 from vlp.core.recipe import load_recipe, load_task_file
 from vlp.core.run import load_run
 from vlp.core.trainer import train
+from vlp.eval.evaluate import evaluate_tasks
 
 pytest.importorskip("sklearn")
 
@@ -56,7 +57,7 @@ def run_dir(tmp_path_factory) -> Path:
           mlm: {weight: 1.0, text_view: mlm, fused: true}
         trainer: {max_steps: 3}
     """))
-    return train(load_recipe(root / "recipe.yaml"), out=root / "run", evaluate=False).run_dir
+    return train(load_recipe(root / "recipe.yaml"), out=root / "run").run_dir
 
 
 def _task_file(tmp_path: Path, text: str, name: str = "tasks.yaml") -> Path:
@@ -67,7 +68,7 @@ def _task_file(tmp_path: Path, text: str, name: str = "tasks.yaml") -> Path:
 
 def test_frozen_features_are_computed_once_per_split(run_dir, tmp_path):
     run = load_run(run_dir, device="cpu")
-    summary = run.evaluate(load_task_file(_task_file(tmp_path, TASKS)))
+    summary = evaluate_tasks(run, load_task_file(_task_file(tmp_path, TASKS)))
     # batches of 8: held-out 16 -> 2, test 24 -> 3 (zero-shot and probe share it),
     # probe train 24 -> 3, val 8 -> 1; without sharing it would be 12
     assert summary["feature_passes"]["image_encoder/image"] == 2 + 3 + 3 + 1
@@ -125,7 +126,7 @@ def test_vqa_head_learns_the_demo_questions_above_the_majority_answer(run_dir, t
             batch_size: 8
             layer_decay: 0.75
     """))
-    results = run.evaluate(tasks)["results"]
+    results = evaluate_tasks(run, tasks)["results"]
     vqa = results["vqa"]
     overall = vqa["metrics"]["overall_accuracy"]
     assert vqa["n"] == 120 and vqa["fusion"] == "pre-trained"
@@ -146,7 +147,7 @@ def test_without_the_metrics_library_tasks_are_skipped_naming_the_extra(run_dir,
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "sklearn" else real(name, *a))
     run = load_run(run_dir, device="cpu")
-    results = run.evaluate(load_task_file(_task_file(tmp_path, TASKS)))["results"]
+    results = evaluate_tasks(run, load_task_file(_task_file(tmp_path, TASKS)))["results"]
     assert "i2t_R@1" in results["retrieval"]["metrics"]
     assert results["zero_shot"]["error"] == ("needs scikit-learn, which is not installed: "
                                              "pip install -e '.[eval]'")

@@ -150,7 +150,7 @@ def test_itm_trains_end_to_end(write_recipe, tmp_path):
           itm: {weight: 1.0, negatives: hard}
         """)
     recipe = load_recipe(path, ["trainer.max_steps=2"])
-    result = train(recipe, out=tmp_path / "run", evaluate=False)
+    result = train(recipe, out=tmp_path / "run")
     metrics = result.last_metrics
     assert result.steps == 2
     assert "loss/itm" in metrics and "itm/accuracy" in metrics

@@ -68,7 +68,7 @@ def test_mim_decoder_sees_prefix_plus_every_patch(write_recipe, monkeypatch):
         trainer: {max_steps: 1}
     """)
     monkeypatch.setattr(Block, "forward", spy)
-    result = train(load_recipe(path), out=path.parent / "run", evaluate=False)
+    result = train(load_recipe(path), out=path.parent / "run")
     assert seen == [1 + 16]  # [CLS] + all 16 patches (4 kept + 12 mask tokens) of a 32 px image
     assert result.last_metrics["passes/image_encoder/masked"] == 1
 
@@ -181,7 +181,7 @@ objectives:
               fused: true}}
 trainer: {{max_steps: 2, batch_size: 8, log_every: 1}}
 """)
-    result = train(load_recipe(tmp_path / "mixed.yaml"), out=tmp_path / "run", evaluate=False)
+    result = train(load_recipe(tmp_path / "mixed.yaml"), out=tmp_path / "run")
     m = result.last_metrics
     for name in ("itc", "itc_masked", "mlm", "simsiam", "itm", "mlm_fused", "mim", "mlm_pair"):
         assert math.isfinite(m[f"loss/{name}"])
@@ -200,11 +200,11 @@ model:
 trainer: {{max_steps: 1, batch_size: 8}}
 """)
     recipe = load_recipe(tmp_path / "mpma_small.yaml")
-    m = train(recipe, out=tmp_path / "run", evaluate=False).last_metrics
+    m = train(recipe, out=tmp_path / "run").last_metrics
     assert m["passes/image_encoder/masked_pair"] == m["passes/text_encoder/masked_pair"] == 1
     assert m["passes/fusion/masked_pair+masked_pair"] == 1  # one pass feeds MIM and MLM
     assert m["passes/image_encoder/image"] == m["passes/text_encoder/text"] == 1  # GLA + ITM
     less = load_recipe(tmp_path / "mpma_small.yaml", ["objectives.gla.weight=0",
                                                       "objectives.itm.weight=0"])
-    m = train(less, out=tmp_path / "run2", evaluate=False).last_metrics
+    m = train(less, out=tmp_path / "run2").last_metrics
     assert "passes/image_encoder/image" not in m and "passes/text_encoder/text" not in m

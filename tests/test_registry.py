@@ -40,7 +40,7 @@ def test_third_party_plugin_trains(plugin_dirs, write_recipe, tmp_path):
           itc: {weight: 1.0}
           uniformity: {weight: 0.5, t: 2.0}
     """)
-    result = train(load_recipe(path), out=tmp_path / "run", evaluate=False)
+    result = train(load_recipe(path), out=tmp_path / "run")
     assert result.steps == 4
     assert "loss/uniformity" in result.last_metrics
     import torch

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from vlp.core.batch import Batch
 from vlp.core.model import VLPModel
 from vlp.core.recipe import load_recipe
 from vlp.core.step import Step
+from vlp.data.batch import Batch
 from vlp.data.tokenize import TokenIds
 from vlp.objectives.simsiam import simsiam_loss
 

@@ -16,6 +16,7 @@ from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
 from vlp.data.demo import demo_reports
 from vlp.data.tokenize import train_tokenizer
+from vlp.eval.evaluate import evaluate_tasks, retrieval_of_run
 
 
 def losses(run: Path) -> list[dict[str, float]]:
@@ -44,31 +45,29 @@ def recipe_path(write_recipe, tmp_path):
 
 def test_resume_gives_identical_losses(recipe_path, tmp_path):
     recipe = load_recipe(recipe_path)
-    straight = train(recipe, out=tmp_path / "straight", evaluate=False)
-    train(recipe, out=tmp_path / "split", evaluate=False, stop_after=3)
+    straight = train(recipe, out=tmp_path / "straight")
+    train(recipe, out=tmp_path / "split", stop_after=3)
     assert [r["step"] for r in losses(tmp_path / "split")] == [1, 2, 3]
-    resumed = train(recipe, out=tmp_path / "split", resume="latest", evaluate=False)
+    resumed = train(recipe, out=tmp_path / "split", resume="latest")
     assert straight.steps == resumed.steps == 6
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
     assert len(losses(tmp_path / "straight")) == 6
 
 
 def test_checkpoint_loads_without_pickle(recipe_path, tmp_path):
-    result = train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r")
+    result = train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r",
+                   evaluate=evaluate_tasks)
     ckpt = result.run_dir / "checkpoints" / (result.run_dir / "checkpoints" / "latest").read_text()
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert state["step"] == 2 and "optimizer" in state and "rng" in state
     assert not list((result.run_dir / "checkpoints").glob(".tmp*"))
     # vlp eval rebuilds the run from its folder and reproduces the end-of-training figures
-    first = json.loads((result.run_dir / "eval" / "retrieval.json").read_text())
     assert main(["eval", str(result.run_dir)]) == 0
     again = json.loads((result.run_dir / "eval" / "retrieval.json").read_text())
-    assert again["metrics"] == first["metrics"]
-    assert {k: m["value"] for k, m in again["metrics"].items()} == {
-        k: v for k, v in result.retrieval.items() if k != "n"}
+    assert again["metrics"] == result.evaluation["results"]["retrieval"]["metrics"]
     assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"} <= set(
         again["metrics"])
-    assert again["n"] == result.retrieval["n"] == 16
+    assert again["n"] == 16
 
 
 def test_non_finite_loss_stops_naming_objective_and_step(recipe_path, tmp_path, monkeypatch):
@@ -82,7 +81,7 @@ def test_non_finite_loss_stops_naming_objective_and_step(recipe_path, tmp_path, 
     monkeypatch.setattr(itc_module, "itc_loss", poisoned)
     recipe = load_recipe(recipe_path, ["trainer.ckpt_every=2"])
     with pytest.raises(NonFiniteLoss, match=r"objective 'itc' gave a non-finite loss at step 5"):
-        train(recipe, out=tmp_path / "r", evaluate=False)
+        train(recipe, out=tmp_path / "r")
     latest = (tmp_path / "r" / "checkpoints" / "latest").read_text()
     assert latest == "step_0000004"
 
@@ -107,7 +106,7 @@ def test_manifest_bad_rows_are_counted_in_the_summary(write_recipe, tmp_path):
         objectives: {{itc: {{weight: 1.0}}}}
         trainer: {{max_steps: 2}}
     """)
-    result = train(load_recipe(path), out=tmp_path / "run")
+    result = train(load_recipe(path), out=tmp_path / "run", evaluate=retrieval_of_run)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["skipped_rows"] == {"missing_image": 1, "empty_text": 1, "unreadable_image": 1}
     assert [r[1] for r in summary["bad_rows"]] == [41, 42, 43]
@@ -150,10 +149,9 @@ def test_resume_latest_picks_this_recipes_newest_run(tmp_path, monkeypatch, writ
 
 def test_resume_from_a_checkpoint_path_continues_that_run(recipe_path, tmp_path):
     recipe = load_recipe(recipe_path)
-    train(recipe, out=tmp_path / "a", evaluate=False, stop_after=3)
+    train(recipe, out=tmp_path / "a", stop_after=3)
     (tmp_path / "a" / "metrics.jsonl").open("a").write('{"step": 4, "loss/it')  # cut by a crash
-    result = train(recipe, resume=str(tmp_path / "a" / "checkpoints" / "step_0000003"),
-                   evaluate=False)
+    result = train(recipe, resume=str(tmp_path / "a" / "checkpoints" / "step_0000003"))
     assert result.run_dir == tmp_path / "a"
     assert [r["step"] for r in losses(tmp_path / "a")] == [1, 2, 3, 4, 5, 6]
 
@@ -161,7 +159,7 @@ def test_resume_from_a_checkpoint_path_continues_that_run(recipe_path, tmp_path)
 def test_resume_with_another_model_is_a_clean_error(recipe_path, tmp_path, capsys):
     from vlp.cli import train_main
 
-    train(load_recipe(recipe_path), out=tmp_path / "a", evaluate=False, stop_after=3)
+    train(load_recipe(recipe_path), out=tmp_path / "a", stop_after=3)
     before = (tmp_path / "a" / "recipe.yaml").read_text()
     code = train_main([str(recipe_path), "--out", str(tmp_path / "a"), "--resume", "latest",
                        "--set", "model.text_encoder.width=64"])
@@ -196,5 +194,5 @@ def test_temperature_is_clamped_after_the_step_and_keeps_its_gradient(recipe_pat
         seen.append(self.logit_scale.item())
 
     monkeypatch.setattr(ITC, "after_optimizer_step", spy)
-    train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r", evaluate=False)
+    train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r")
     assert seen and all(v == pytest.approx(math.log(100.0)) for v in seen)

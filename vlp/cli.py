@@ -45,9 +45,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from vlp.core import distributed as D
     from vlp.core.trainer import train
+    from vlp.eval.evaluate import evaluate_tasks
 
-    result = train(recipe, args.out, args.resume, evaluate=not args.no_eval,
-                   stop_after=args.stop_after)
+    result = train(recipe, args.out, args.resume, stop_after=args.stop_after,
+                   evaluate=None if args.no_eval else evaluate_tasks)
     if D.rank() == 0:
         print(f"run folder: {result.run_dir}")
         losses = {k: round(v, 4) for k, v in result.last_metrics.items() if k.startswith("loss")}

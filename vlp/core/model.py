@@ -13,11 +13,11 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from vlp.core.batch import Batch
 from vlp.core.context import BuildContext
 from vlp.core.errors import Problem, RecipeError
 from vlp.core.recipe import Recipe
 from vlp.core.step import Step
+from vlp.data.batch import Batch
 from vlp.data.tokenize import TokenIds
 
 T = TypeVar("T")

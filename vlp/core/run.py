@@ -1,6 +1,7 @@
 """A run folder: the resolved recipe, the tokenizer, the model and the data, built once.
 
-Training and `vlp eval` both start from here, so an evaluated run is rebuilt exactly as trained.
+Training and `vlp eval` both start from here, so an evaluated run is rebuilt exactly as trained
+(evaluation itself lives above core, in vlp.eval, and is handed to the trainer).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from vlp.core import distributed as D
 from vlp.core.checkpoint import load_weights, resolve_checkpoint
 from vlp.core.model import VLPModel
-from vlp.core.recipe import EvalSpec, Recipe, Resolved, load_recipe
+from vlp.core.recipe import Recipe, load_recipe
 from vlp.data.collate import Collator
 from vlp.data.loader import DataSplits, build_datasets
 from vlp.data.tokenize import TokenIds, load_tokenizer, train_tokenizer
@@ -79,15 +79,6 @@ class Run:
     @property
     def collate(self) -> Collator:
         return Collator(self.tokenizer, self.recipe.spec.data.max_text_len)
-
-    def evaluate(self, tasks: tuple[EvalSpec, dict[str, Resolved]] | None = None
-                 ) -> dict[str, Any]:
-        """The recipe's downstream tasks (or `tasks`, e.g. from a task file), written to
-        <run>/eval/; returns the summary (also eval/summary.json)."""
-        from vlp.eval.runner import run_tasks
-
-        spec, resolved = tasks or (self.recipe.spec.eval, self.recipe.tasks)
-        return run_tasks(self, spec, resolved)
 
 
 def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:

@@ -7,7 +7,6 @@ plain Python ints (no host sync) and go into the step's metrics.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -15,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from vlp.core.batch import Batch
 from vlp.core.features import FusedFeatures, ImageFeatures, TextFeatures
 from vlp.core.views import ImageView, TextView, ViewOutput
+from vlp.data.batch import Batch
+from vlp.seeding import mix_seed
 
 if TYPE_CHECKING:
     from vlp.core.model import VLPModel
@@ -41,7 +41,7 @@ class Step:
     def generator_for(self, name: str) -> torch.Generator:
         """An independent random stream per view (or sampler) for this step: switching one
         objective off leaves every other view's masks unchanged, so ablations compare alike."""
-        seed = (self.generator.initial_seed() * 1_000_003 + zlib.crc32(name.encode())) % (1 << 63)
+        seed = mix_seed(self.generator.initial_seed(), name)
         return torch.Generator(self.batch.image.device).manual_seed(seed)
 
     # views -------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""The training loop: one loop for CPU and CUDA, single process or DDP under torchrun."""
+"""The training loop: one loop for CPU and CUDA, single process or DDP under torchrun.
+
+`train` reads top to bottom: `setup` builds the run (process group, model, optimiser, resumed
+state, DDP wrapper, data), `train_step` does one optimisation step over its micro-batches,
+`MetricsWindow` averages metrics between log lines and remembers the first non-finite loss,
+`RunLog` writes them, `save` checkpoints and `finish` evaluates and writes the summary.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vlp.core import distributed as D
@@ -27,9 +36,14 @@ from vlp.core.checkpoint import (
 )
 from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
-from vlp.core.recipe import Recipe
-from vlp.core.run import build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.recipe import Recipe, TrainerSpec
+from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.data.batch import Batch
 from vlp.data.loader import train_loader
+from vlp.seeding import mix_seed
+
+#: What `train` runs on the finished model (e.g. the recipe's downstream tasks): its results.
+Evaluator = Callable[[Run], dict[str, Any]]
 
 
 @dataclass
@@ -37,22 +51,12 @@ class TrainResult:
     run_dir: Path
     steps: int
     last_metrics: dict[str, float]
-    evaluation: dict[str, Any] | None  # <run>/eval/summary.json of the downstream tasks
-
-    @property
-    def retrieval(self) -> dict[str, float] | None:
-        """Values of the first retrieval task's metrics, and its `n`."""
-        results = (self.evaluation or {}).get("results", {}).values()
-        found = next((r for r in results if r.get("plugin") == "retrieval" and "n" in r), None)
-        return None if found is None else {
-            "n": found["n"], **{k: m["value"] for k, m in found["metrics"].items()}}
+    evaluation: dict[str, Any] | None  # what the Evaluator returned
 
 
 def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
     """Masks and augmentations of step s come from (seed, s, rank) alone: exact resume."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 4099 + D.rank())
-    return g
+    return torch.Generator(device=device).manual_seed(mix_seed(seed, step, D.rank()))
 
 
 def _autocast(device: torch.device, precision: str):
@@ -61,21 +65,33 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _logged_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):  # e.g. a line cut short by a crash
-        return None
+# ----------------------------------------------------------------------------- setup
 
 
-def _metrics_file(run_dir: Path, start: int):
-    """Open metrics.jsonl for appending, dropping lines past the resumed step (or broken)."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        kept = [ln for ln in path.read_text().splitlines()
-                if (s := _logged_step(ln)) is not None and s <= start]
-        path.write_text("".join(ln + "\n" for ln in kept))
-    return path.open("a")
+@dataclass
+class Training:
+    """Everything one training run holds, built once by `setup` and read by each part."""
+
+    recipe: Recipe
+    run: Run
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ddp: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    start: int  # first step to run (the resumed step, or 0)
+    end: int  # step after the last one this call runs (stop_after or max_steps)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.run.model
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.run_dir
+
+    @property
+    def trainer(self) -> TrainerSpec:
+        return self.recipe.spec.trainer
 
 
 def _run_dir(recipe: Recipe, out: Path | None, resume: str | None) -> Path:
@@ -91,150 +107,260 @@ def _run_dir(recipe: Recipe, out: Path | None, resume: str | None) -> Path:
     return latest_run_dir(recipe) if resume else default_run_dir(recipe)
 
 
-def _tensorboard(run_dir: Path):
-    """A SummaryWriter under the run folder (the recipe check ensures tensorboard exists)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
-          evaluate: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train `recipe`; `stop_after` ends early at that step with a checkpoint (for jobs with a
-    time limit: continue later with resume='latest'; the schedule still spans max_steps)."""
-    spec, tr = recipe.spec, recipe.spec.trainer
-    device = resolve_device(tr.device)
+def _join_ranks(recipe: Recipe) -> torch.device:
+    """Join torchrun's process group (if any) and pick this rank's device."""
+    trainer = recipe.spec.trainer
+    device = resolve_device(trainer.device)
     D.init_from_env(device.type)
-    rank, world = D.rank(), D.world_size()
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
-    if tr.batch_size % (world * tr.grad_accum):
+    world = D.world_size()
+    if trainer.batch_size % (world * trainer.grad_accum):
         raise RecipeError([Problem(recipe.source, "trainer.batch_size",
-                                   f"{tr.batch_size} is not divisible by world size {world} x "
-                                   f"grad_accum {tr.grad_accum}")])
-    run_dir = _run_dir(recipe, out, resume)
-    torch.manual_seed(spec.seed + rank)
-    run = build_run(recipe, run_dir, device)
-    model = run.model
-    optimizer = build_optimizer(model, spec.optim)
-    scheduler = build_scheduler(optimizer, tr.max_steps, spec.schedule)
+                                   f"{trainer.batch_size} is not divisible by world size "
+                                   f"{world} x grad_accum {trainer.grad_accum}")])
+    return device
 
-    start = 0
-    if resume:
-        ckpt = resolve_checkpoint(run_dir, resume)
-        load_weights(model, ckpt)
-        state = load_state(ckpt, device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state({k: v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]
-                       for k, v in state["rng"].items()})
-        start = int(state["step"])
-    if D.is_distributed() and device.type == "cuda":  # BatchNorm statistics over all ranks
+
+def _restore(run: Run, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, resume: str) -> int:
+    """Load weights, optimiser, schedule and RNG state of a checkpoint; returns its step."""
+    ckpt = resolve_checkpoint(run.run_dir, resume)
+    load_weights(run.model, ckpt)
+    state = load_state(ckpt, run.device)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state({k: v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]
+                   for k, v in state["rng"].items()})
+    return int(state["step"])
+
+
+def _wrap_for_ranks(model: nn.Module, device: torch.device, trainer: TrainerSpec) -> nn.Module:
+    """DistributedDataParallel under torchrun (BatchNorm synchronised on CUDA), else as is."""
+    if not D.is_distributed():
+        return model
+    if device.type == "cuda":  # BatchNorm statistics over all ranks
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = (DistributedDataParallel(model, find_unused_parameters=tr.find_unused_parameters)
-           if D.is_distributed() else model)
+    return DistributedDataParallel(model, find_unused_parameters=trainer.find_unused_parameters)
 
-    end = tr.max_steps if stop_after is None else min(stop_after, tr.max_steps)
-    loader = train_loader(run.data, run.collate, tr.batch_size, spec.seed, start, end,
-                          spec.data.num_workers, rank, world, pin=device.type == "cuda")
-    names = list(model.objectives)
-    log = _metrics_file(run_dir, start) if rank == 0 else None
-    board = _tensorboard(run_dir) if rank == 0 and tr.tensorboard else None
-    bar = tqdm(total=tr.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(),
-               dynamic_ncols=True, desc=recipe.name)
-    sums: dict[str, torch.Tensor] = {}
-    first_bad = torch.full((len(names),), -1, device=device)  # step of first non-finite loss
-    last: dict[str, float] = {}
-    tick, last_log = time.perf_counter(), start
 
-    def save(step: int) -> None:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state()}
-        if rank == 0:
-            save_checkpoint(run_dir, step, model, state, keep=tr.keep_checkpoints)
+def setup(recipe: Recipe, out: Path | None, resume: str | None,
+          stop_after: int | None) -> Training:
+    """Build (or resume) a run: the model, optimiser, schedule and the steps to run."""
+    spec, trainer = recipe.spec, recipe.spec.trainer
+    device = _join_ranks(recipe)
+    run_dir = _run_dir(recipe, out, resume)
+    torch.manual_seed(spec.seed + D.rank())
+    run = build_run(recipe, run_dir, device)
+    optimizer = build_optimizer(run.model, spec.optim)
+    scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
+    start = _restore(run, optimizer, scheduler, resume) if resume else 0
+    end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
+    ddp = _wrap_for_ranks(run.model, device, trainer)
+    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end)
 
-    def check_finite(step: int) -> None:
-        worst = first_bad.clone()
-        if D.is_distributed():  # every rank stops together
+
+def data_loader(training: Training) -> DataLoader:
+    """This rank's share of the batches of steps start..end-1."""
+    spec = training.recipe.spec
+    return train_loader(training.run.data, training.run.collate, spec.trainer.batch_size,
+                        spec.seed, training.start, training.end, spec.data.num_workers,
+                        D.rank(), D.world_size(), pin=training.device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@dataclass
+class StepOutput:
+    metrics: dict[str, torch.Tensor]  # means over the micro-batches, detached, on the device
+    passes: dict[str, int]  # encoder passes of the last micro-batch
+
+
+def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
+    """Forward and backward over the micro-batches, clip, optimiser and schedule step."""
+    trainer, ddp = training.trainer, training.ddp
+    generator = step_generator(training.device, training.recipe.spec.seed, step)
+    metrics: dict[str, torch.Tensor] = {}
+    passes: dict[str, int] = {}
+    micro = batch.image.shape[0] // trainer.grad_accum
+    for i in range(trainer.grad_accum):
+        part = batch if trainer.grad_accum == 1 else type(batch)(
+            **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
+        sync = i == trainer.grad_accum - 1 or not D.is_distributed()
+        with (contextlib.nullcontext() if sync else ddp.no_sync()), \
+                _autocast(training.device, trainer.precision):
+            loss, part_metrics, passes = ddp(part, generator)
+        (loss / trainer.grad_accum).backward()
+        for key, value in {"loss": loss.detach(), **part_metrics}.items():  # micro-batch mean
+            metrics[key] = metrics.get(key, 0) + value / trainer.grad_accum
+    metrics["grad_norm"] = (
+        torch.nn.utils.clip_grad_norm_(training.model.parameters(), trainer.grad_clip)
+        if trainer.grad_clip > 0 else torch.zeros((), device=training.device))
+    training.optimizer.step()
+    training.scheduler.step()
+    training.optimizer.zero_grad(set_to_none=True)
+    for objective in training.model.objectives.values():
+        objective.after_optimizer_step()
+    return StepOutput(metrics, passes)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricsWindow:
+    """Sums step metrics on the device between log lines (no host sync in between) and keeps
+    the step of each objective's first non-finite loss, so every rank stops together."""
+
+    def __init__(self, objectives: list[str], start: int, device: torch.device):
+        self.objectives = objectives
+        self.sums: dict[str, torch.Tensor] = {}
+        self.first_bad = torch.full((len(objectives),), -1, device=device)
+        self.since, self.tick = start, time.perf_counter()
+
+    def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        losses = torch.stack([metrics[f"loss/{n}"] for n in self.objectives])
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(losses),
+                                     torch.full_like(self.first_bad, step), self.first_bad)
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0) + value
+
+    def check_finite(self, step: int, run_dir: Path) -> None:
+        """Raise NonFiniteLoss (on every rank) if any objective's loss was not finite."""
+        worst = self.first_bad.clone()
+        if D.is_distributed():
             torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
-        bad = worst.tolist()
-        for name, at in zip(names, bad):
+        for name, at in zip(self.objectives, worst.tolist()):
             if at >= 0:
                 raise NonFiniteLoss(f"objective '{name}' gave a non-finite loss at step {at + 1}; "
                                     f"stopped at step {step}, last good checkpoint kept in "
                                     f"{run_dir / 'checkpoints'}")
 
-    for step, batch in enumerate(loader, start=start):
-        batch = batch.to(device)
-        generator = step_generator(device, spec.seed, step)
-        micro = batch.image.shape[0] // tr.grad_accum
-        step_metrics: dict[str, torch.Tensor] = {}
-        for i in range(tr.grad_accum):
-            part = batch if tr.grad_accum == 1 else type(batch)(
-                **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
-            sync = i == tr.grad_accum - 1 or not D.is_distributed()
-            with (contextlib.nullcontext() if sync else ddp.no_sync()), \
-                    _autocast(device, tr.precision):
-                loss, metrics, passes = ddp(part, generator)
-            (loss / tr.grad_accum).backward()
-            for key, value in {"loss": loss.detach(), **metrics}.items():  # micro-batch mean
-                step_metrics[key] = step_metrics.get(key, 0) + value / tr.grad_accum
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-                     if tr.grad_clip > 0 else torch.zeros((), device=device))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        for objective in model.objectives.values():
-            objective.after_optimizer_step()
+    def close(self, done: int) -> tuple[dict[str, float], float]:
+        """Means since the last line, averaged over ranks (one collective), and the seconds
+        the window took; starts a new window."""
+        steps = done - self.since
+        means = torch.stack(list(self.sums.values())) / steps
+        if D.is_distributed():
+            torch.distributed.all_reduce(means)
+            means /= D.world_size()
+        values = dict(zip(self.sums, means.tolist()))
+        elapsed = time.perf_counter() - self.tick
+        self.sums, self.since, self.tick = {}, done, time.perf_counter()
+        return values, elapsed
 
-        losses = torch.stack([step_metrics[f"loss/{n}"] for n in names])
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses),
-                                torch.full_like(first_bad, step), first_bad)
-        for key, value in {**step_metrics, "grad_norm": grad_norm}.items():
-            sums[key] = sums.get(key, 0) + value
-        done = step + 1
-        if done % tr.log_every == 0 or done == end:
-            check_finite(done)
-            elapsed = time.perf_counter() - tick
-            n = done - last_log
-            means = torch.stack(list(sums.values())) / n
-            if D.is_distributed():  # one collective per log line: the mean over ranks
-                torch.distributed.all_reduce(means)
-                means /= world
-            values = dict(zip(sums, means.tolist()))
-            last = {"step": done, "lr": scheduler.get_last_lr()[0], **values,
-                    "samples_per_s": n * tr.batch_size / elapsed, **passes}
-            if log is not None:
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-            if board is not None:
-                for key, value in last.items():
-                    board.add_scalar(key, value, done)
-            bar.set_postfix(loss=f"{values['loss']:.4f}",
-                            samples_s=f"{last['samples_per_s']:.0f}")
-            sums, tick, last_log = {}, time.perf_counter(), done
-        bar.update(1)
-        if tr.ckpt_every and done % tr.ckpt_every == 0 and done != end:
-            check_finite(done)
-            save(done)
-    bar.close()
-    done = max(start, end)
-    check_finite(done)
-    save(done)
-    if log is not None:
-        log.close()
-    if board is not None:
-        board.close()
 
-    evaluation = None
-    if evaluate and rank == 0 and done >= tr.max_steps:
-        evaluation = run.evaluate()  # the recipe's downstream tasks, into <run>/eval/
-        write_json(run_dir / "summary.json", {
-            "recipe": recipe.source, "steps": done, "final": last,
-            "eval": evaluation["results"],
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # e.g. a line cut short by a crash
+        return None
+
+
+def _metrics_file(run_dir: Path, start: int) -> TextIO:
+    """Open metrics.jsonl for appending, dropping lines past the resumed step (or broken)."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines()
+                if (s := _logged_step(ln)) is not None and s <= start]
+        path.write_text("".join(ln + "\n" for ln in kept))
+    return path.open("a")
+
+
+class RunLog:
+    """Where metric lines go on rank 0: metrics.jsonl, TensorBoard (optional), a progress bar."""
+
+    def __init__(self, training: Training):
+        trainer, rank0 = training.trainer, D.rank() == 0
+        self.file = _metrics_file(training.run_dir, training.start) if rank0 else None
+        self.board = None
+        if rank0 and trainer.tensorboard:  # the recipe check ensures tensorboard exists
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(training.run_dir / "tensorboard"))
+        self.bar = tqdm(total=trainer.max_steps, initial=training.start,
+                        disable=not rank0 or not sys.stderr.isatty(), dynamic_ncols=True,
+                        desc=training.recipe.name)
+
+    def write(self, line: dict[str, float]) -> None:
+        step = int(line["step"])
+        if self.file is not None:
+            self.file.write(json.dumps(line) + "\n")
+            self.file.flush()
+        if self.board is not None:
+            for key, value in line.items():
+                self.board.add_scalar(key, value, step)
+        self.bar.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        if self.board is not None:
+            self.board.close()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save(training: Training, step: int) -> None:
+    """Checkpoint weights, optimiser, schedule and RNG state (written by rank 0)."""
+    state = {"optimizer": training.optimizer.state_dict(),
+             "scheduler": training.scheduler.state_dict(), "rng": rng_state()}
+    if D.rank() == 0:
+        save_checkpoint(training.run_dir, step, training.model, state,
+                        keep=training.trainer.keep_checkpoints)
+
+
+def finish(training: Training, done: int, last: dict[str, float],
+           evaluate: Evaluator | None) -> dict[str, Any] | None:
+    """After the last step: evaluate on rank 0 and write summary.json (complete runs only)."""
+    result = None
+    if evaluate and D.rank() == 0 and done >= training.trainer.max_steps:
+        run = training.run
+        result = evaluate(run)
+        write_json(training.run_dir / "summary.json", {
+            "recipe": training.recipe.source, "steps": done, "final": last, "eval": result,
             "skipped_rows": run.data.skipped,
             "bad_rows": [list(r) for r in run.data.bad_rows[:100]]})
     if D.is_distributed():
         torch.distributed.barrier()
-    return TrainResult(run_dir, done, last, evaluation)
+    return result
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
+          evaluate: Evaluator | None = None, stop_after: int | None = None) -> TrainResult:
+    """Train `recipe`, then run `evaluate` on the finished model (e.g.
+    `vlp.eval.evaluate.evaluate_tasks`, the recipe's downstream tasks). `stop_after` ends early
+    at that step with a checkpoint (for jobs with a time limit: continue later with
+    resume='latest'; the schedule still spans max_steps)."""
+    training = setup(recipe, out, resume, stop_after)
+    trainer = training.trainer
+    window = MetricsWindow(list(training.model.objectives), training.start, training.device)
+    log = RunLog(training)
+    last: dict[str, float] = {}
+    for step, batch in enumerate(data_loader(training), start=training.start):
+        output = train_step(training, batch.to(training.device), step)
+        window.add(step, output.metrics)
+        done = step + 1
+        if done % trainer.log_every == 0 or done == training.end:
+            window.check_finite(done, training.run_dir)
+            steps = done - window.since
+            values, elapsed = window.close(done)
+            last = {"step": done, "lr": training.scheduler.get_last_lr()[0], **values,
+                    "samples_per_s": steps * trainer.batch_size / elapsed, **output.passes}
+            log.write(last)
+        log.bar.update(1)
+        if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
+            window.check_finite(done, training.run_dir)
+            save(training, done)
+    log.close()
+    done = max(training.start, training.end)
+    window.check_finite(done, training.run_dir)
+    save(training, done)
+    result = finish(training, done, last, evaluate)
+    return TrainResult(training.run_dir, done, last, result)

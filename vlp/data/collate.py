@@ -7,7 +7,7 @@ import hashlib
 import torch
 from tokenizers import Tokenizer
 
-from vlp.core.batch import Batch
+from vlp.data.batch import Batch
 from vlp.data.sample import Pair
 from vlp.data.tokenize import TokenIds
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from vlp.core.recipe import DemoData, ManifestData
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.manifest import ManifestDataset, split_indices
 from vlp.data.sample import DataError
+from vlp.seeding import mix_seed
+
+if TYPE_CHECKING:  # the recipe's data sections; data sits below core and never imports it
+    from vlp.core.recipe import DemoData, ManifestData
 
 
 @dataclass
@@ -37,7 +41,7 @@ def _manifest(spec: ManifestData, path: str) -> ManifestDataset:
 
 def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
     """Training and held-out sets; bad manifest rows are counted, never silently dropped."""
-    if isinstance(spec, DemoData):
+    if spec.source == "demo":
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
                           offset=spec.train_size)
@@ -78,7 +82,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def permutation(self, epoch: int) -> torch.Tensor:
         """The epoch's order, computed once per epoch."""
         if getattr(self, "_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         return self._perm
 

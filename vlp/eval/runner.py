@@ -21,6 +21,7 @@ from vlp.core.checkpoint import write_json
 from vlp.core.errors import UserError
 from vlp.core.recipe import EvalSpec, Resolved, tasks_to_dict
 from vlp.data.sample import DataError
+from vlp.eval.context import TaskContext
 from vlp.eval.features import FrozenFeatures
 from vlp.eval.metrics import EXTRAS, MissingExtra
 
@@ -55,8 +56,6 @@ def _finite(value: float | None) -> float | None:
 
 def run_tasks(run: Run, spec: EvalSpec, tasks: dict[str, Resolved]) -> dict[str, Any]:
     """Run `tasks` in order on `run`'s model; write and return the summary."""
-    from vlp.tasks.base import TaskContext
-
     out = run.run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     data = run.recipe.spec.data

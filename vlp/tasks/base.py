@@ -9,45 +9,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vlp.core.batch import Batch
+from vlp.data.batch import Batch
 from vlp.core.model import VLPModel
 from vlp.data.collate import Collator
-from vlp.eval.features import FrozenFeatures
-from vlp.eval.metrics import Metric
+from vlp.eval.context import TaskContext, TaskResult
 from vlp.plugins.base import Params, Plugin
 
-
-@dataclass
-class TaskContext:
-    """What a task may use: the trained model, its collate, the feature cache, data settings."""
-
-    model: VLPModel
-    collate: Collator
-    device: torch.device
-    features: FrozenFeatures
-    image_size: int
-    channels: int
-    seed: int  # demo task data seed (the recipe's data seed)
-    heldout: Dataset  # the pre-training held-out pairs (retrieval)
-    ks: tuple[int, ...] = (1, 5, 10)
-    num_workers: int = 0
-
-
-@dataclass
-class TaskResult:
-    """Metrics (each beside its baseline), per-sample predictions and data accounting."""
-
-    metrics: dict[str, Metric]
-    n: int  # evaluated samples
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # skipped/bad rows, notes
+__all__ = ["Task", "TaskContext", "TaskResult", "batches", "trainable_copy"]
 
 
 class Task(Plugin):
