@@ -186,6 +186,7 @@ def test_bad_task_file_is_rejected_before_any_model_is_built(name, text, key, re
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"{path}:{line}: {key}: " in err and reason in err
+    assert "invalid task file" in err
 
 
 def test_bad_eval_section_of_a_recipe_names_the_dotted_key(write_recipe, capsys):

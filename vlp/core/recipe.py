@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vlp.core.errors import Problem, RecipeError
+from vlp.core.errors import Problem, RecipeError, TaskFileError
 from vlp.core.yamlio import Provenance, apply_override, load_with_bases, where_of
 from vlp.plugins import PluginError
 from vlp.plugins import load as load_plugin
@@ -401,15 +401,18 @@ def resolve_tasks(spec: EvalSpec, prefix: str, prov: Provenance, source: str,
 def load_task_file(path: str | Path) -> tuple[EvalSpec, dict[str, Resolved]]:
     """Read and validate a task file: an `eval:` section on its own (`tasks:`, `batch_size:`)."""
     source = str(path)
-    data, prov = load_with_bases(Path(path))
+    try:
+        data, prov = load_with_bases(Path(path))
+    except RecipeError as exc:  # not YAML, not a mapping, missing
+        raise TaskFileError(exc.problems) from None
     try:
         spec = EvalSpec.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_problems(exc, "", prov, source, EvalSpec)) from None
+        raise TaskFileError(_problems(exc, "", prov, source, EvalSpec)) from None
     problems: list[Problem] = []
     tasks = resolve_tasks(spec, "tasks", prov, source, problems)
     if problems:
-        raise RecipeError(problems)
+        raise TaskFileError(problems)
     return spec, tasks
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vlp.data.batch import Batch
 from vlp.core.model import VLPModel
+from vlp.data.batch import Batch
 from vlp.data.collate import Collator
 from vlp.eval.context import TaskContext, TaskResult
 from vlp.plugins.base import Params, Plugin

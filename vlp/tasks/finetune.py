@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import torch
 from pydantic import Field
@@ -72,8 +73,13 @@ class Finetune(Task):
         generator = torch.Generator().manual_seed(p.seed)
         step_gen = torch.Generator(ctx.device).manual_seed(p.seed)
 
+        passes: Counter[str] = Counter()
+
         def logits(batch) -> torch.Tensor:  # through the model's encoder, with gradients
-            return head(Step(clone, batch, step_gen).image("image").pooled.float())
+            step = Step(clone, batch, step_gen)
+            pooled = step.image("image").pooled
+            passes.update(step.passes)
+            return head(pooled.float())
 
         def labelled(split, order):
             labels = torch.from_numpy(split.labels).to(ctx.device)
@@ -100,4 +106,5 @@ class Finetune(Task):
         scores = scores_of(predict(test), train.multi_label).cpu().numpy()
         metrics: dict[str, Metric] = split_metrics(test, scores, train.labels, "")
         return TaskResult(metrics, len(test.ids), prediction_rows(test, scores),
-                          {**merged_bad_rows(splits.values()).to_dict(), "training": log})
+                          {**merged_bad_rows(splits.values()).to_dict(), "training": log,
+                           "training_passes": dict(sorted(passes.items()))})

@@ -113,8 +113,12 @@ class VQA(Task):
         head = AnswerHead(clone.fusion.width, len(vocabulary)).to(ctx.device)
         step_gen = torch.Generator(ctx.device).manual_seed(p.seed)
 
+        passes: Counter[str] = Counter()
+
         def logits(batch) -> Tensor:  # through the model's encoders and fusion, with gradients
-            fused = Step(clone, batch, step_gen).fused("image", "text")
+            step = Step(clone, batch, step_gen)
+            fused = step.fused("image", "text")
+            passes.update(step.passes)
             pooled = torch.cat([fused.text[:, 0], fused.image.mean(1)], dim=-1)
             return head(pooled.float())
 
@@ -165,4 +169,5 @@ class VQA(Task):
             "majority_answers": base["majority_answers"],
             "fusion": "pre-trained" if ctx.model.fusion is not None else
                       f"fresh {p.fusion['name']} (the recipe's model has none)",
-            "train_loss": {"first": curve[0], "last": curve[-1]}})
+            "train_loss": {"first": curve[0], "last": curve[-1]},
+            "training_passes": dict(sorted(passes.items()))})
