@@ -1,4 +1,5 @@
-"""Run under torchrun (2 CPU ranks, gloo): one DDP step of a tiny model's ITC, saved per rank."""
+"""Run under torchrun (2 CPU ranks, gloo): one DDP step of a tiny recipe, each rank collating
+its own share; rank 0 saves the mean loss, the gradients and every rank's text length."""
 
 from __future__ import annotations
 
@@ -10,27 +11,29 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from itc_setup import GLOBAL_BATCH, build_model_and_batch  # noqa: E402
+from ddp_setup import build, share  # noqa: E402
 
 from vlp.core import distributed as D  # noqa: E402
 
 
-def main(out: Path) -> None:
+def main(name: str, folder: Path, out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = D.rank(), D.world_size()
-    model, batch, generator = build_model_and_batch(Path(sys.argv[2]))
-    local = GLOBAL_BATCH // world
-    part = type(batch)(**{k: v[rank * local:(rank + 1) * local] for k, v in vars(batch).items()})
+    recipe, model, collate, dataset = build(folder, name)
+    batch = share(recipe, collate, dataset, rank, world)
     ddp = DistributedDataParallel(model)
-    loss, _, _ = ddp(part, generator)
+    loss, _, _ = ddp(batch, torch.Generator().manual_seed(0))
     loss.backward()
     losses = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(losses, loss.detach())
+    lengths = [torch.zeros((), dtype=torch.long) for _ in range(world)]
+    dist.all_gather(lengths, torch.tensor(batch.input_ids.shape[1]))
     if rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
+        torch.save({"loss": torch.stack(losses).mean(), "grads": grads,
+                    "lengths": torch.stack(lengths)}, out)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

@@ -53,23 +53,47 @@ def test_itc_perfect_alignment_and_gradients():
     assert img.grad is not None and img.grad.abs().sum() > 0
 
 
-def test_ddp_two_ranks_equal_one_process(tmp_path):
-    """Two gloo ranks with half the batch each give the single-process loss and gradients."""
-    sys.path.insert(0, str(HERE))
-    from itc_setup import build_model_and_batch
-
-    model, batch, generator = build_model_and_batch(tmp_path)
-    loss, _, _ = model(batch, generator)
-    loss.backward()
-    out = tmp_path / "ddp.pt"
+def run_two_ranks(name: str, folder: Path, port: int) -> dict:
+    """One DDP step of recipe `name` on 2 gloo ranks, each collating its own share."""
+    out = folder / f"{name}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29517", str(HERE / "ddp_worker.py"), str(out),
-                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+                           "--master-port", str(port), str(HERE / "ddp_worker.py"), name,
+                           str(folder), str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = torch.load(out, weights_only=True)
+    return torch.load(out, weights_only=True)
+
+
+def one_process(name: str, folder: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The same step in one process over the whole batch (padded to its longest report)."""
+    from ddp_setup import build, share
+
+    recipe, model, collate, dataset = build(folder, name)
+    loss, _, _ = model(share(recipe, collate, dataset, 0, 1), torch.Generator().manual_seed(0))
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_step(got: dict, loss: torch.Tensor, grads: dict[str, torch.Tensor]) -> None:
     assert abs(got["loss"].item() - loss.item()) < 1e-5
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads.keys() == got["grads"].keys()
     for name, g in grads.items():
         torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_ddp_two_ranks_equal_one_process(tmp_path):
+    """Two gloo ranks with half the batch each give the single-process loss and gradients."""
+    sys.path.insert(0, str(HERE))
+    loss, grads = one_process("itc", tmp_path)
+    assert_same_step(run_two_ranks("itc", tmp_path, 29517), loss, grads)
+
+
+def test_ddp_token_gathers_with_reports_of_different_lengths(tmp_path):
+    """GLA's local part gathers word tokens across ranks whose own batches are padded to
+    different lengths; the result is still the single-process loss and gradients."""
+    sys.path.insert(0, str(HERE))
+    loss, grads = one_process("gla", tmp_path)
+    got = run_two_ranks("gla", tmp_path, 29518)
+    assert got["lengths"][0] != got["lengths"][1]  # the case under test: unequal padding
+    assert_same_step(got, loss, grads)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import vlp.core.model
 from vlp.cli import train_main
@@ -74,8 +75,13 @@ CASES = [
 
 @pytest.fixture
 def no_model_built(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built for an invalid recipe")
+    """Only the recipe check's meta-device build (which allocates nothing) may run."""
+    real = vlp.core.model.VLPModel.__init__
+
+    def refuse(self, *args, **kwargs):
+        if torch.get_default_device().type != "meta":
+            raise AssertionError("a model was built for an invalid recipe")
+        real(self, *args, **kwargs)
     monkeypatch.setattr(vlp.core.model.VLPModel, "__init__", refuse)
 
 
@@ -102,8 +108,8 @@ def test_malformed_recipe_rejected(name, text, sets, key, reason, line, write_re
 @pytest.mark.parametrize("extra,key,reason", [
     ("  itm: {weight: 1}\nmodel: {fusion: {name: cross_attention, heads: 3}}\n",
      "model.fusion", "cannot be built: fusion width 32 must be divisible by heads 3"),
-    ("data: {image_size: 36}\n", "model.image_encoder",
-     "cannot be built: data.image_size 36 is not a multiple of the patch size 8"),
+    ("data: {image_size: 36}\n", "data.image_size",
+     "cannot be built: 36 is not a multiple of the image encoder's patch size 8"),
 ])
 def test_parts_that_do_not_fit_fail_cleanly_before_training(extra, key, reason, write_recipe,
                                                            capsys, tmp_path):

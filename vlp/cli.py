@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from vlp.core.errors import RecipeError, UserError
+from vlp.core.errors import Interrupted, RecipeError, UserError
 from vlp.core.recipe import load_recipe
 from vlp.plugins import KINDS, list_entries, summary_of
 
@@ -136,10 +136,17 @@ def _main_parser() -> argparse.ArgumentParser:
 
 def _run(func, args: argparse.Namespace) -> int:
     """Run a command; user errors print one clear message and exit 2, without a traceback."""
+    from vlp.core.runfolder import RunFinished
     from vlp.data.sample import DataError
 
     try:
         return func(args)
+    except RunFinished as exc:  # nothing to do is not a failure
+        print(str(exc), file=sys.stderr)
+        return 0
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except RecipeError as exc:
         source = getattr(args, "tasks", None) or getattr(args, "recipe", None) or args.run_dir
         print(f"error: {source}: {exc}", file=sys.stderr)

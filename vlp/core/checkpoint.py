@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -32,32 +34,66 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Torch RNG states as tensors (NumPy state would need pickle)."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    """Every random stream a step may draw from, as tensors and plain numbers (no pickle):
+    torch CPU and each CUDA device, Python's `random`, NumPy's global generator."""
+    version, words, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "cpu": torch.get_rng_state(),
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "gauss": float(np_state[4])},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
+    """Restore what `rng_state` captured (tensors may come back on any device)."""
+    torch.set_rng_state(state["cpu"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    if "numpy" in state:
+        npy = state["numpy"]
+        np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32),
+                             npy["pos"], npy["has_gauss"], npy["gauss"]))
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (e.g. a full disk); the previous one is intact."""
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any],
                     keep: int = 2) -> Path:
-    """Write weights + state for `step`, point `latest` at it, keep the `keep` newest writes."""
+    """Write weights + state for `step`, point `latest` at it, keep the `keep` newest writes.
+
+    A failed write (a full disk) removes the partial folder, leaves `latest` and every earlier
+    checkpoint as they were, and raises CheckpointWriteError saying so.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"step": step, **state}, tmp / "state.pt")
-    for f in tmp.iterdir():
-        _fsync(f)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save({"step": step, **state}, tmp / "state.pt")
+        for f in tmp.iterdir():
+            _fsync(f)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        pointer = root / "latest"
+        kept = (f"the previous checkpoint {pointer.read_text().strip()} is intact"
+                if pointer.is_file() else "no earlier checkpoint exists")
+        raise CheckpointWriteError(f"could not write the checkpoint of step {step} in {root}: "
+                                   f"{exc.strerror or exc}; {kept}") from None
     if final.exists():  # re-saving a step: swap, so a complete folder is always in place
         old = root / f".old_step_{step:07d}"
         shutil.rmtree(old, ignore_errors=True)

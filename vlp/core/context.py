@@ -12,6 +12,7 @@ class BuildContext:
     image_width: int
     text_width: int
     fusion_width: int | None
+    fusion_image_layers: int  # per-layer image outputs the fusion exposes (FusedFeatures)
     embed_dim: int
     patch_size: int
     grid_size: tuple[int, int]

@@ -17,6 +17,16 @@ class Problem:
         return f"{self.where}: {self.key or '<root>'}: {self.reason}"
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message in one line: a heading ending in ':' (as in PyTorch's state-dict
+    report) is joined to its first item, and further items are counted."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        return f"{lines[0]} {lines[1]}{more}"
+    return lines[0]
+
+
 class UserError(Exception):
     """A mistake in input the user controls: the CLI prints it in one message, no traceback."""
 
@@ -47,3 +57,21 @@ class CheckpointError(UserError):
 
 class NonFiniteLoss(UserError):
     """A loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class ParamError(ValueError):
+    """Raised by a plugin's constructor when one of its params does not fit the model built
+    around it; the recipe error then names that param's dotted key (or, with `absolute`, the
+    recipe key `param` itself, e.g. `data.image_size`)."""
+
+    def __init__(self, param: str, reason: str, absolute: bool = False):
+        super().__init__(reason)
+        self.param, self.absolute = param, absolute
+
+
+class Interrupted(UserError):
+    """SIGINT or SIGTERM ended the run after a step; its checkpoint was written."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention for a signal's end

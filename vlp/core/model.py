@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlp.core.context import BuildContext
-from vlp.core.errors import Problem, RecipeError
+from vlp.core.errors import ParamError, Problem, RecipeError, one_line
 from vlp.core.recipe import Recipe
 from vlp.core.step import Step
 from vlp.data.batch import Batch
@@ -24,11 +24,15 @@ T = TypeVar("T")
 
 
 def _build(recipe: Recipe, key: str, make: Callable[[], T]) -> T:
-    """Build one part; sizes that do not fit together become a RecipeError naming the part."""
+    """Build one part; sizes that do not fit together become a RecipeError naming the part
+    (or the param a ParamError names)."""
     try:
         return make()
     except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
-        raise RecipeError([Problem(recipe.source, key, f"cannot be built: {exc}")]) from None
+        if isinstance(exc, ParamError):
+            key = exc.param if exc.absolute else f"{key}.{exc.param}"
+        raise RecipeError([Problem(recipe.where(key), key,
+                                   f"cannot be built: {one_line(exc)}")]) from None
 
 
 class VLPModel(nn.Module):
@@ -52,6 +56,7 @@ class VLPModel(nn.Module):
         self.ctx = BuildContext(
             image_width=self.image_encoder.width, text_width=self.text_encoder.width,
             fusion_width=None if self.fusion is None else self.fusion.width,
+            fusion_image_layers=0 if self.fusion is None else self.fusion.image_layers,
             embed_dim=spec.model.embed_dim, patch_size=self.image_encoder.patch_size,
             grid_size=self.image_encoder.grid_size,
             num_prefix_tokens=self.image_encoder.num_prefix_tokens,

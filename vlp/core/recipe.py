@@ -5,12 +5,13 @@ Errors name the file (and line), the dotted key and the reason, all problems at 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from vlp.core.errors import Problem, RecipeError, TaskFileError
 from vlp.core.yamlio import Provenance, apply_override, load_with_bases, where_of
@@ -22,27 +23,27 @@ BUILTIN_VIEWS = ("image", "text")  # the full image and the full report, always 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PluginSpec(BaseModel):
     """`{name: plugin, ...params}`; the params are validated by the plugin's own model."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
 
 class ViewSpec(BaseModel):
     """`{masker: plugin, ...params}`: a view derived from the batch once per step."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     masker: str
 
 
 class ObjectiveSpec(BaseModel):
     """`{weight: w, use: plugin?, ...params}`; the key names the plugin unless `use` does."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     weight: float = Field(ge=0, allow_inf_nan=False)
     use: str | None = None
 
@@ -92,10 +93,11 @@ class ManifestData(_DataCommon):
 
 class OptimSpec(_Strict):
     name: Literal["adamw"] = "adamw"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(1e-6, gt=0)
+    lr: float = Field(1e-4, gt=0, le=1)
+    weight_decay: float = Field(0.05, ge=0, le=10)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9, 0.98)
+    eps: float = Field(1e-6, gt=0, le=1)
 
 
 class ScheduleSpec(_Strict):
@@ -125,12 +127,15 @@ class TaskSpec(BaseModel):
     use: str | None = None
 
 
+DEFAULT_TASKS = {"retrieval": {}}  # a recipe without `eval.tasks` runs held-out retrieval
+
+
 class EvalSpec(_Strict):
     """The `eval:` section of a recipe, or a task file on its own (`vlp eval --tasks`)."""
 
     batch_size: int = Field(256, gt=0)  # frozen-feature passes
-    ks: tuple[Annotated[int, Field(ge=1)], ...] = (1, 5, 10)  # retrieval recall cut-offs
-    tasks: dict[str, TaskSpec] = {"retrieval": TaskSpec()}  # run in order after training
+    ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 5, 10), min_length=1)  # retrieval
+    tasks: dict[str, TaskSpec] = {name: TaskSpec() for name in DEFAULT_TASKS}  # run in order
 
 
 class RecipeSpec(_Strict):
@@ -167,7 +172,12 @@ class Recipe:
     fusion: Resolved | None
     views: dict[str, Resolved]
     objectives: dict[str, Resolved]  # only those with weight > 0
+    provenance: Provenance = field(default_factory=dict, compare=False, repr=False)
     tasks: dict[str, Resolved] = field(default_factory=dict)  # downstream tasks of `eval:`
+
+    def where(self, key: str) -> str:
+        """"file:line" (or the --set) where `key` or its closest parent was written."""
+        return where_of(self.provenance, key, self.source)
 
     @property
     def name(self) -> str:
@@ -203,16 +213,28 @@ def _dump(params: Params) -> dict[str, Any]:
     return params.model_dump(mode="json")
 
 
+MISSING = "required key is missing"
+DATA_SOURCES = ("demo", "manifest")
+
+
+def _close(given: str, allowed: list[str]) -> str | None:
+    match = difflib.get_close_matches(given, allowed, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
 def _describe(err: dict[str, Any], allowed: list[str] | None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-        return "unknown key" + hint
+        guess = _close(str(err["loc"][-1]), allowed or [])
+        return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
     if kind == "missing":
-        return "required key is missing"
+        return MISSING
     if kind == "union_tag_invalid":
         ctx = err["ctx"]
         return f"unknown value {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return f"{MISSING}; expected one of: {', '.join(map(repr, DATA_SOURCES))}"
     given = err.get("input")
     shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
     return f"{err['msg']}{shown}"
@@ -243,13 +265,72 @@ def _problems(exc: ValidationError, prefix: str, prov: Provenance, source: str,
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         # discriminated unions put the tag in the loc; drop it for the user
-        loc = tuple(p for p in loc if p not in ("demo", "manifest"))
+        loc = tuple(p for p in loc if p not in DATA_SOURCES)
+        if err["type"] == "union_tag_not_found":
+            loc = (*loc, "source")
         key = ".".join(p for p in (prefix, *loc) if p)
         allowed = _fields_at(model, loc)
         if allowed is not None:
             allowed = sorted({*allowed, *extra_allowed})
         out.append(Problem(where_of(prov, key, source), key, _describe(err, allowed)))
     return out
+
+
+def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
+    """A required key missing beside an unknown key close to it is one typo: one message."""
+    missing = {p.key for p in problems if p.reason == MISSING}
+    merged: set[str] = set()
+    out = []
+    for problem in problems:
+        parent, _, given = problem.key.rpartition(".")
+        if problem.reason.startswith("unknown key"):
+            siblings = [k.rpartition(".")[2] for k in missing if k.rpartition(".")[0] == parent
+                        and k not in merged]
+            guess = _close(given, siblings)
+            if guess:
+                merged.add(f"{parent}.{guess}" if parent else guess)
+                problem = Problem(problem.where, problem.key,
+                                  f"unknown key `{problem.key}`, did you mean `{guess}`? "
+                                  f"(`{guess}` is required)")
+        out.append(problem)
+    return [p for p in out if not (p.reason == MISSING and p.key in merged)]
+
+
+def _section_model(name: str) -> type[BaseModel]:
+    """A one-field model for the top-level section `name`, validated on its own."""
+    if name not in _SECTION_MODELS:
+        info = RecipeSpec.model_fields[name]
+        _SECTION_MODELS[name] = create_model(f"Section_{name}", __config__=ConfigDict(
+            extra="forbid"), **{name: (info.annotation, info)})
+    return _SECTION_MODELS[name]
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def _check_sections(data: dict, prov: Provenance, source: str,
+                    problems: list[Problem]) -> dict[str, Any]:
+    """Validate each top-level section on its own, so one bad section hides no other problem;
+    returns the sections that are valid."""
+    fields = sorted(RecipeSpec.model_fields)
+    for key in data:
+        if key not in fields:
+            guess = _close(str(key), fields)
+            problems.append(Problem(where_of(prov, str(key), source), str(key),
+                                    f"unknown key (expected one of: {', '.join(fields)})"
+                                    + (f"; did you mean `{guess}`?" if guess else "")))
+    valid: dict[str, Any] = {}
+    for name, info in RecipeSpec.model_fields.items():
+        if name not in data:
+            if info.is_required():
+                problems.append(Problem(where_of(prov, name, source), name, MISSING))
+            continue
+        model = _section_model(name)
+        try:
+            valid[name] = getattr(model.model_validate({name: data[name]}), name)
+        except ValidationError as exc:
+            problems.extend(_problems(exc, "", prov, source, model))
+    return valid
 
 
 def _resolve(kind: str, key: str, plugin: str, raw: dict[str, Any], prov: Provenance,
@@ -262,21 +343,22 @@ def _resolve(kind: str, key: str, plugin: str, raw: dict[str, Any], prov: Proven
         problems.append(Problem(where_of(prov, k, source), k, str(exc)))
         return None
     try:
-        params = cls.Params.model_validate(raw)
+        params = cls.Params.model_validate({k: v for k, v in raw.items() if k not in core_keys})
     except ValidationError as exc:
         problems.extend(_problems(exc, key, prov, source, cls.Params, core_keys))
         return None
     return Resolved(key, plugin, cls, params, weight)
 
 
-def _check_view(key: str, view: str, modality: str, views: dict[str, ViewSpec],
+def _check_view(key: str, view: str, modality: str, views: dict[str, str],
                 resolved: dict[str, Resolved], prov: Provenance, source: str,
                 problems: list[Problem], masked: bool = False) -> None:
+    """`views` maps each recipe-defined view to its masker's name."""
     produces = {n: r.cls.produces for n, r in resolved.items()}
     if masked and (view in BUILTIN_VIEWS or (view in resolved
                                               and modality not in resolved[view].cls.masks)):
         kind = "built-in, unmasked" if view in BUILTIN_VIEWS else \
-            f"made by '{views[view].masker}', which masks no {modality}"
+            f"made by '{views[view]}', which masks no {modality}"
         problems.append(Problem(where_of(prov, key, source), key,
                                 f"needs a masked {modality} view; '{view}' is {kind}"))
         return
@@ -290,130 +372,183 @@ def _check_view(key: str, view: str, modality: str, views: dict[str, ViewSpec],
     elif view in produces and modality not in produces[view]:
         problems.append(Problem(where_of(prov, key, source), key,
                                 f"view '{view}' has no {modality} part (its masker "
-                                f"'{views[view].masker}' makes "
+                                f"'{views[view]}' makes "
                                 f"{', '.join(sorted(produces[view]))})"))
 
 
-def validate(data: Any, prov: Provenance, source: str) -> Recipe:
-    """Check a merged recipe mapping; raise RecipeError listing every problem found."""
-    if not isinstance(data, dict):
-        raise RecipeError([Problem(source, "", "a recipe must be a mapping")])
-    try:
-        spec = RecipeSpec.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(_problems(exc, "", prov, source, RecipeSpec)) from None
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
-    problems: list[Problem] = []
 
-    def plugin(kind: str, key: str, ps: PluginSpec | None) -> Resolved | None:
-        if ps is None:
-            return None
-        return _resolve(kind, key, ps.name, ps.model_extra or {}, prov, source, "name",
-                        ("name",), problems)
+def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source: str,
+                     problems: list[Problem]) -> tuple[dict[str, Resolved | None],
+                                                       dict[str, Resolved], dict[str, Resolved]]:
+    """Every plugin's own params, read from the raw recipe so that a problem elsewhere in its
+    section (or in another section) does not hide them."""
+    model_raw = _mapping(data.get("model"))
+    encoders: dict[str, Resolved | None] = {}
+    for field_name, kind in (("image_encoder", "image_encoder"), ("text_encoder", "text_encoder"),
+                             ("fusion", "fusion")):
+        raw = model_raw.get(field_name)
+        name = raw.get("name") if isinstance(raw, dict) else None
+        encoders[field_name] = None if not isinstance(name, str) else _resolve(
+            kind, f"model.{field_name}", name, raw, prov, source, "name", ("name",), problems)
 
-    image_encoder = plugin("image_encoder", "model.image_encoder", spec.model.image_encoder)
-    text_encoder = plugin("text_encoder", "model.text_encoder", spec.model.text_encoder)
-    fusion = plugin("fusion", "model.fusion", spec.model.fusion)
-
+    view_makers = {str(n): v["masker"] for n, v in _mapping(data.get("views")).items()
+                   if isinstance(v, dict) and isinstance(v.get("masker"), str)}
     views: dict[str, Resolved] = {}
-    for name, vs in spec.views.items():
+    for name, masker in view_makers.items():
         key = f"views.{name}"
         if name in BUILTIN_VIEWS:
             problems.append(Problem(where_of(prov, key, source), key,
                                     f"'{name}' is a built-in view and cannot be redefined"))
             continue
-        r = _resolve("masker", key, vs.masker, vs.model_extra or {}, prov, source, "masker",
+        r = _resolve("masker", key, masker, data["views"][name], prov, source, "masker",
                      ("masker",), problems)
         if r is not None:
             views[name] = r
 
+    trainer = valid.get("trainer")
     objectives: dict[str, Resolved] = {}
-    for name, os_ in spec.objectives.items():
-        key = f"objectives.{name}"
-        if os_.weight == 0:  # off: not built, and nothing only it needed is computed
+    for name, raw in _mapping(data.get("objectives")).items():
+        if not isinstance(raw, dict):
             continue
-        r = _resolve("objective", key, os_.use or name, os_.model_extra or {}, prov, source,
-                     "use" if os_.use else "", ("use", "weight"), problems, os_.weight)
+        key = f"objectives.{name}"
+        weight, use = raw.get("weight"), raw.get("use")
+        if weight == 0:  # off: not built, and nothing only it needed is computed
+            continue
+        r = _resolve("objective", key, use if isinstance(use, str) else str(name), raw, prov,
+                     source, "use" if use else "", ("use", "weight"), problems,
+                     weight if isinstance(weight, (int, float)) else 1.0)
         if r is None:
             continue
-        objectives[name] = r
+        objectives[str(name)] = r
         needs = r.cls.needs(r.params)
         for modality, named in (("image", needs.image_views), ("text", needs.text_views)):
             for param, view in named.items():
-                _check_view(f"{key}.{param}", view, modality, spec.views, views, prov, source,
+                _check_view(f"{key}.{param}", view, modality, view_makers, views, prov, source,
                             problems, masked=param in needs.masked)
-        if needs.fusion and spec.model.fusion is None:
+        if needs.fusion and model_raw.get("fusion") is None:
             problems.append(Problem(where_of(prov, key, source), key,
                                     "reads fused image-text features but the recipe has no "
                                     "'model.fusion' (e.g. {name: cross_attention})"))
-        if r.cls.batch_coupled and spec.trainer.grad_accum > 1:
+        if r.cls.batch_coupled and trainer is not None and trainer.grad_accum > 1:
             problems.append(Problem(
                 where_of(prov, "trainer.grad_accum", source), "trainer.grad_accum",
                 f"objective '{name}' compares samples within the batch (negatives), so "
                 "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
                 "smaller batch_size or more ranks"))
-    tasks = resolve_tasks(spec.eval, "eval.tasks", prov, source, problems)
-    if not objectives and not problems:
-        problems.append(Problem(where_of(prov, "objectives", source), "objectives",
-                                "no objective has a weight above 0"))
-
-    data_spec = spec.data
-    if isinstance(data_spec, ManifestData):
-        for field_name in ("path", "val_path", "image_root"):
-            value = getattr(data_spec, field_name)
-            if value is not None and not Path(value).exists():
-                key = f"data.{field_name}"
-                problems.append(Problem(where_of(prov, key, source), key,
-                                        f"path does not exist: {value}"))
-    if isinstance(data_spec, DemoData):
-        for key, size, need in (("data.train_size", data_spec.train_size, spec.trainer.batch_size),
-                                ("data.val_size", data_spec.val_size, max(spec.eval.ks))):
-            if size < need:
-                what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
-                problems.append(Problem(where_of(prov, key, source), key,
-                                        f"{size} is smaller than {what} ({need})"))
-    if spec.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        problems.append(Problem(where_of(prov, "trainer.tensorboard", source),
-                                "trainer.tensorboard", "tensorboard is not installed: "
-                                "pip install -e '.[tensorboard]'"))
-    if spec.trainer.batch_size % spec.trainer.grad_accum:
-        problems.append(Problem(where_of(prov, "trainer.batch_size", source),
-                                "trainer.batch_size", "must be divisible by trainer.grad_accum"))
-    if problems:
-        raise RecipeError(problems)
-    assert image_encoder is not None and text_encoder is not None
-    return Recipe(source, spec, image_encoder, text_encoder, fusion, views, objectives, tasks)
+    return encoders, views, objectives
 
 
-def resolve_tasks(spec: EvalSpec, prefix: str, prov: Provenance, source: str,
+def resolve_tasks(raw: Any, prefix: str, prov: Provenance, source: str,
                   problems: list[Problem]) -> dict[str, Resolved]:
-    """Bind each task entry to its plugin and validate its Params (problems appended)."""
+    """Bind each raw task entry (`{use?, ...params}`, keyed by name) to its plugin and validate
+    its Params; `raw` None means the default tasks. Problems are appended."""
     tasks: dict[str, Resolved] = {}
-    for name, ts in spec.tasks.items():
-        key = f"{prefix}.{name}" if prefix else name
-        r = _resolve("task", key, ts.use or name, ts.model_extra or {}, prov, source,
-                     "use" if ts.use else "", ("use",), problems)
+    for name, entry in _mapping(DEFAULT_TASKS if raw is None else raw).items():
+        if not isinstance(entry, dict):
+            continue  # the section check reports it
+        key = f"{prefix}.{name}"
+        use = entry.get("use")
+        r = _resolve("task", key, use if isinstance(use, str) else str(name), entry, prov,
+                     source, "use" if use else "", ("use",), problems)
         if r is not None:
-            tasks[name] = r
+            tasks[str(name)] = r
     return tasks
 
 
-def load_task_file(path: str | Path) -> tuple[EvalSpec, dict[str, Resolved]]:
-    """Read and validate a task file: an `eval:` section on its own (`tasks:`, `batch_size:`)."""
-    source = str(path)
+def _device_problem(name: str) -> str | None:
+    """Why `trainer.device` cannot be used on this machine, or None."""
+    import torch
+
+    if name == "auto":
+        return None
     try:
-        data, prov = load_with_bases(Path(path))
-    except RecipeError as exc:  # not YAML, not a mapping, missing
-        raise TaskFileError(exc.problems) from None
-    try:
-        spec = EvalSpec.model_validate(data)
-    except ValidationError as exc:
-        raise TaskFileError(_problems(exc, "", prov, source, EvalSpec)) from None
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N"
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"device type {device.type!r} is not supported; expected auto, cpu, cuda or cuda:N"
+    if not torch.cuda.is_available():
+        return f"{name!r}: CUDA is not available on this machine; use auto or cpu"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
+                  problems: list[Problem]) -> None:
+    """Checks across sections, and of files and devices named by the recipe."""
+    def add(key: str, reason: str) -> None:
+        problems.append(Problem(where_of(prov, key, source), key, reason))
+
+    data, trainer, eval_ = valid.get("data"), valid.get("trainer"), valid.get("eval")
+    model = valid.get("model")
+    if isinstance(data, ManifestData):
+        for field_name in ("path", "val_path", "image_root"):
+            value = getattr(data, field_name)
+            if value is not None and not Path(value).exists():
+                add(f"data.{field_name}", f"path does not exist: {value}")
+        from vlp.data.manifest import manifest_problems
+
+        for field_name in ("path", "val_path"):
+            value = getattr(data, field_name)
+            if value is not None and Path(value).is_file():
+                for column, reason in manifest_problems(
+                        Path(value), data.format, data.image_column, data.text_column,
+                        data.id_column):
+                    add(f"data.{column or field_name}", reason)
+    if isinstance(data, DemoData) and trainer is not None and eval_ is not None:
+        for key, size, need in (("data.train_size", data.train_size, trainer.batch_size),
+                                ("data.val_size", data.val_size, max(eval_.ks))):
+            if size < need:
+                what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
+                add(key, f"{size} is smaller than {what} ({need})")
+    tokenizer = None if model is None else model.tokenizer.path
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        add("model.tokenizer.path", f"file not found: {model.tokenizer.path}")
+    if trainer is None:
+        return
+    if trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        add("trainer.tensorboard", "tensorboard is not installed: pip install -e '.[tensorboard]'")
+    if trainer.batch_size % trainer.grad_accum:
+        add("trainer.batch_size", "must be divisible by trainer.grad_accum")
+    reason = _device_problem(trainer.device)
+    if reason:
+        add("trainer.device", reason)
+
+
+def validate(data: Any, prov: Provenance, source: str) -> Recipe:
+    """Check a merged recipe mapping; raise RecipeError listing every problem found.
+
+    Then the model is built on the meta device (no memory), so sizes that do not fit together
+    and a model too large for the machine are recipe errors too.
+    """
+    if not isinstance(data, dict):
+        raise RecipeError([Problem(source, "", "a recipe must be a mapping")])
     problems: list[Problem] = []
-    tasks = resolve_tasks(spec, "tasks", prov, source, problems)
+    valid = _check_sections(data, prov, source, problems)
+    encoders, views, objectives = _resolve_plugins(data, valid, prov, source, problems)
+    tasks = resolve_tasks(_mapping(data.get("eval")).get("tasks"), "eval.tasks", prov, source,
+                          problems)
+    if not objectives and not problems:
+        problems.append(Problem(where_of(prov, "objectives", source), "objectives",
+                                "no objective has a weight above 0"))
+    _check_values(valid, prov, source, problems)
     if problems:
-        raise TaskFileError(problems)
-    return spec, tasks
+        raise RecipeError(_merge_misspellings(problems))
+    spec = RecipeSpec.model_validate(data)
+    image_encoder, text_encoder = encoders["image_encoder"], encoders["text_encoder"]
+    assert image_encoder is not None and text_encoder is not None
+    recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,
+                    objectives, prov, tasks)
+    from vlp.core.build_check import check_build  # builds VLPModel, which imports this module
+
+    check_build(recipe)
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -422,3 +557,23 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for assignment in overrides:
         apply_override(data, prov, assignment)
     return validate(data, prov, str(path))
+
+
+def load_task_file(path: str | Path) -> tuple[EvalSpec, dict[str, Resolved]]:
+    """Read and validate a task file: an `eval:` section on its own (`tasks:`, `batch_size:`,
+    `ks:`), with the same FILE:LINE: key: reason problems as a recipe, all at once."""
+    source = str(path)
+    try:
+        data, prov = load_with_bases(Path(path))
+    except RecipeError as exc:  # not YAML, not a mapping, missing
+        raise TaskFileError(exc.problems) from None
+    problems: list[Problem] = []
+    spec = None
+    try:
+        spec = EvalSpec.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, "", prov, source, EvalSpec))
+    tasks = resolve_tasks(data.get("tasks"), "tasks", prov, source, problems)
+    if problems or spec is None:
+        raise TaskFileError(_merge_misspellings(problems))
+    return spec, tasks

@@ -94,7 +94,8 @@ def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
 
 def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "auto") -> Run:
     """Rebuild a finished (or interrupted) run from its folder, with checkpoint weights."""
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    recipe = load_recipe(run_dir / "recipe.yaml",  # the device asked for here, not the run's
+                         [f"trainer.device={device}"] if device != "auto" else [])
     run = build_run(recipe, run_dir, resolve_device(device))
     load_weights(run.model, resolve_checkpoint(run_dir, checkpoint))
     return run

@@ -21,7 +21,6 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vlp.core import distributed as D
@@ -34,11 +33,14 @@ from vlp.core.checkpoint import (
     set_rng_state,
     write_json,
 )
-from vlp.core.errors import NonFiniteLoss, Problem, RecipeError
+from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
+from vlp.core.runfolder import check_run_folder
+from vlp.core.signals import signal_name, stop_on_signals
 from vlp.data.batch import Batch
+from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
 from vlp.data.loader import train_loader
 from vlp.seeding import mix_seed
 
@@ -54,9 +56,12 @@ class TrainResult:
     evaluation: dict[str, Any] | None  # what the Evaluator returned
 
 
-def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
-    """Masks and augmentations of step s come from (seed, s, rank) alone: exact resume."""
-    return torch.Generator(device=device).manual_seed(mix_seed(seed, step, D.rank()))
+def step_generator(device: torch.device, seed: int, step: int, micro_batch: int = 0
+                   ) -> torch.Generator:
+    """Masks and augmentations of micro-batch m of step s come from (seed, s, m, rank) alone:
+    each accumulated micro-batch gets its own masks, and resuming needs no saved state."""
+    return torch.Generator(device=device).manual_seed(
+        mix_seed(seed, step, micro_batch, D.rank()))
 
 
 def _autocast(device: torch.device, precision: str):
@@ -80,6 +85,7 @@ class Training:
     ddp: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
     start: int  # first step to run (the resumed step, or 0)
     end: int  # step after the last one this call runs (stop_after or max_steps)
+    faults: FaultLog  # this rank's rows that could not be read when drawn (resumed too)
 
     @property
     def model(self) -> nn.Module:
@@ -124,15 +130,19 @@ def _join_ranks(recipe: Recipe) -> torch.device:
 
 
 def _restore(run: Run, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, resume: str) -> int:
-    """Load weights, optimiser, schedule and RNG state of a checkpoint; returns its step."""
+             scheduler: torch.optim.lr_scheduler.LRScheduler, resume: str,
+             faults: FaultLog) -> int:
+    """Load weights, optimiser, schedule, this rank's RNG state and data faults of a
+    checkpoint; returns its step."""
     ckpt = resolve_checkpoint(run.run_dir, resume)
     load_weights(run.model, ckpt)
     state = load_state(ckpt, run.device)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state({k: v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]
-                   for k, v in state["rng"].items()})
+    ranks = state.get("ranks", [])
+    own = ranks[D.rank()] if D.rank() < len(ranks) else {"rng": state.get("rng")}
+    set_rng_state(own["rng"])
+    faults.merge(own.get("data_faults", {}))
     return int(state["step"])
 
 
@@ -151,22 +161,25 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     spec, trainer = recipe.spec, recipe.spec.trainer
     device = _join_ranks(recipe)
     run_dir = _run_dir(recipe, out, resume)
+    check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
-    start = _restore(run, optimizer, scheduler, resume) if resume else 0
+    faults = FaultLog()
+    start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
     ddp = _wrap_for_ranks(run.model, device, trainer)
-    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end)
+    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults)
 
 
-def data_loader(training: Training) -> DataLoader:
+def data_loader(training: Training) -> FaultCountingLoader:
     """This rank's share of the batches of steps start..end-1."""
     spec = training.recipe.spec
     return train_loader(training.run.data, training.run.collate, spec.trainer.batch_size,
                         spec.seed, training.start, training.end, spec.data.num_workers,
-                        D.rank(), D.world_size(), pin=training.device.type == "cuda")
+                        D.rank(), D.world_size(), pin=training.device.type == "cuda",
+                        faults=training.faults)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -181,13 +194,10 @@ class StepOutput:
 def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
     """Forward and backward over the micro-batches, clip, optimiser and schedule step."""
     trainer, ddp = training.trainer, training.ddp
-    generator = step_generator(training.device, training.recipe.spec.seed, step)
     metrics: dict[str, torch.Tensor] = {}
     passes: dict[str, int] = {}
-    micro = batch.image.shape[0] // trainer.grad_accum
-    for i in range(trainer.grad_accum):
-        part = batch if trainer.grad_accum == 1 else type(batch)(
-            **{k: v[i * micro:(i + 1) * micro] for k, v in vars(batch).items()})
+    for i, part in enumerate(batch.split(trainer.grad_accum)):
+        generator = step_generator(training.device, training.recipe.spec.seed, step, i)
         sync = i == trainer.grad_accum - 1 or not D.is_distributed()
         with (contextlib.nullcontext() if sync else ddp.no_sync()), \
                 _autocast(training.device, trainer.precision):
@@ -305,9 +315,11 @@ class RunLog:
 
 
 def save(training: Training, step: int) -> None:
-    """Checkpoint weights, optimiser, schedule and RNG state (written by rank 0)."""
+    """Checkpoint weights, optimiser, schedule, and every rank's RNG state and data faults
+    (written by rank 0)."""
+    ranks = D.per_rank({"rng": rng_state(), "data_faults": training.faults.state()})
     state = {"optimizer": training.optimizer.state_dict(),
-             "scheduler": training.scheduler.state_dict(), "rng": rng_state()}
+             "scheduler": training.scheduler.state_dict(), "ranks": ranks}
     if D.rank() == 0:
         save_checkpoint(training.run_dir, step, training.model, state,
                         keep=training.trainer.keep_checkpoints)
@@ -317,13 +329,13 @@ def finish(training: Training, done: int, last: dict[str, float],
            evaluate: Evaluator | None) -> dict[str, Any] | None:
     """After the last step: evaluate on rank 0 and write summary.json (complete runs only)."""
     result = None
+    faults = all_faults(training.faults)
     if evaluate and D.rank() == 0 and done >= training.trainer.max_steps:
         run = training.run
         result = evaluate(run)
         write_json(training.run_dir / "summary.json", {
             "recipe": training.recipe.source, "steps": done, "final": last, "eval": result,
-            "skipped_rows": run.data.skipped,
-            "bad_rows": [list(r) for r in run.data.bad_rows[:100]]})
+            **data_report(run.data, faults)})
     if D.is_distributed():
         torch.distributed.barrier()
     return result
@@ -335,29 +347,37 @@ def finish(training: Training, done: int, last: dict[str, float],
 def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
           evaluate: Evaluator | None = None, stop_after: int | None = None) -> TrainResult:
     """Train `recipe`, then run `evaluate` on the finished model (e.g.
-    `vlp.eval.evaluate.evaluate_tasks`, the recipe's downstream tasks). `stop_after` ends early
-    at that step with a checkpoint (for jobs with a time limit: continue later with
-    resume='latest'; the schedule still spans max_steps)."""
+    `vlp.eval.evaluate.evaluate_tasks`, the recipe's tasks). `stop_after` ends early at that
+    step with a checkpoint (for jobs with a time limit: continue later with resume='latest';
+    the schedule still spans max_steps)."""
     training = setup(recipe, out, resume, stop_after)
     trainer = training.trainer
     window = MetricsWindow(list(training.model.objectives), training.start, training.device)
     log = RunLog(training)
     last: dict[str, float] = {}
-    for step, batch in enumerate(data_loader(training), start=training.start):
-        output = train_step(training, batch.to(training.device), step)
-        window.add(step, output.metrics)
-        done = step + 1
-        if done % trainer.log_every == 0 or done == training.end:
-            window.check_finite(done, training.run_dir)
-            steps = done - window.since
-            values, elapsed = window.close(done)
-            last = {"step": done, "lr": training.scheduler.get_last_lr()[0], **values,
-                    "samples_per_s": steps * trainer.batch_size / elapsed, **output.passes}
-            log.write(last)
-        log.bar.update(1)
-        if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
-            window.check_finite(done, training.run_dir)
-            save(training, done)
+    with stop_on_signals() as stop:  # SIGINT/SIGTERM: end the step, checkpoint, exit
+        for step, batch in enumerate(data_loader(training), start=training.start):
+            output = train_step(training, batch.to(training.device), step)
+            window.add(step, output.metrics)
+            done = step + 1
+            if done % trainer.log_every == 0 or done == training.end:
+                window.check_finite(done, training.run_dir)
+                steps = done - window.since
+                values, elapsed = window.close(done)
+                last = {"step": done, "lr": training.scheduler.get_last_lr()[0], **values,
+                        "samples_per_s": steps * trainer.batch_size / elapsed, **output.passes}
+                log.write(last)
+            log.bar.update(1)
+            if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
+                window.check_finite(done, training.run_dir)
+                save(training, done)
+            if (signum := stop.requested()) and done != training.end:
+                log.close()
+                window.check_finite(done, training.run_dir)
+                save(training, done)
+                raise Interrupted(f"{signal_name(signum)}: stopped after step {done} with a "
+                                  f"checkpoint in {training.run_dir / 'checkpoints'}; continue "
+                                  "with --resume latest", signum)
     log.close()
     done = max(training.start, training.end)
     window.check_finite(done, training.run_dir)

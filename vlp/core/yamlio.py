@@ -34,8 +34,22 @@ def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
-def _record(node: yaml.Node, path: tuple[str, ...], source: str, prov: Provenance) -> None:
-    """Walk the composed node tree: note each key's line, reject duplicate keys."""
+MAX_NODES = 200_000  # aliases may repeat a subtree; more than this many nodes is an alias bomb
+
+
+def _record(node: yaml.Node, path: tuple[str, ...], source: str, prov: Provenance,
+            ancestors: tuple[int, ...] = (), count: list[int] | None = None) -> None:
+    """Walk the composed node tree: note each key's line, reject duplicate keys, aliases that
+    contain themselves (a recursive structure no recipe can mean) and alias bombs."""
+    count = [0] if count is None else count
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise RecipeError([Problem(f"{source}:{node.start_mark.line + 1}", _dotted(path),
+                                   f"aliases expand to more than {MAX_NODES} values")])
+    if id(node) in ancestors:
+        raise RecipeError([Problem(f"{source}:{node.start_mark.line + 1}", _dotted(path),
+                                   "recursive alias: this value contains itself")])
+    ancestors = (*ancestors, id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -46,11 +60,11 @@ def _record(node: yaml.Node, path: tuple[str, ...], source: str, prov: Provenanc
                                            f"duplicate key (first written on line {seen[key]})")])
             seen[key] = line
             prov[_dotted((*path, key))] = f"{source}:{line}"
-            _record(value_node, (*path, key), source, prov)
+            _record(value_node, (*path, key), source, prov, ancestors, count)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             prov[_dotted((*path, str(i)))] = f"{source}:{item.start_mark.line + 1}"
-            _record(item, (*path, str(i)), source, prov)
+            _record(item, (*path, str(i)), source, prov, ancestors, count)
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, Provenance]:
@@ -67,6 +81,19 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Provenance]:
         reason = getattr(exc, "problem", None) or str(exc)
         raise RecipeError([Problem(where, "", f"not valid YAML: {reason}")]) from None
     return data, prov
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are a RecipeError naming the line and byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError([Problem(f"{path}:{line}", "", f"not UTF-8 text: byte "
+                                   f"0x{raw[exc.start]:02x} at column {column} (save the file "
+                                   "as UTF-8)")]) from None
 
 
 REPLACE_KEY = "_replace_"
@@ -96,7 +123,7 @@ def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Pr
         raise RecipeError([Problem(source, "_base_", "circular _base_ inheritance")])
     if not path.is_file():
         raise RecipeError([Problem(source, "", "file not found")])
-    data, prov = parse_yaml(path.read_text(encoding="utf-8"), source)
+    data, prov = parse_yaml(read_utf8(path), source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -107,9 +134,12 @@ def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Pr
     merged: dict = {}
     merged_prov: Provenance = {}
     for i, base in enumerate(bases):
+        where = prov.get(f"_base_.{i}") or prov.get("_base_", source)
         if not isinstance(base, str):
-            raise RecipeError([Problem(prov.get(f"_base_.{i}", source), "_base_",
-                                       "expected a file path")])
+            raise RecipeError([Problem(where, "_base_", "expected a file path")])
+        if not (path.parent / base).is_file():
+            raise RecipeError([Problem(where, "_base_", f"base recipe not found: {base} "
+                                       f"(looked for {path.parent / base})")])
         base_data, base_prov = load_with_bases(path.parent / base, (*_chain, path.resolve()))
         merged = deep_merge(merged, base_data)
         merged_prov.update(base_prov)

@@ -26,5 +26,15 @@ class Batch:
     def __len__(self) -> int:
         return self.image.shape[0]
 
+    def split(self, parts: int) -> list[Batch]:
+        """`parts` equal consecutive micro-batches (the batch itself when parts is 1)."""
+        if parts == 1:
+            return [self]
+        if len(self) % parts:
+            raise ValueError(f"a batch of {len(self)} does not split into {parts} equal parts")
+        size = len(self) // parts
+        return [Batch(**{f.name: getattr(self, f.name)[i * size:(i + 1) * size]
+                         for f in fields(self)}) for i in range(parts)]
+
     def pin_memory(self) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})

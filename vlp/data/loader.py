@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
+from vlp.data.faults import FaultCollator, FaultCountingLoader, FaultLog, Replacing
 from vlp.data.manifest import ManifestDataset, split_indices
 from vlp.data.sample import DataError
 from vlp.seeding import mix_seed
@@ -30,6 +31,8 @@ class DataSplits:
     train_texts: list[str]
     skipped: dict[str, int] = field(default_factory=dict)  # bad rows, by reason
     bad_rows: list[tuple[str, int, str]] = field(default_factory=list)  # (file, row, reason)
+    bad_row_details: list[str] = field(default_factory=list)  # each naming its row and line
+    rows_read: int = 0  # data rows in the manifest files (demo: the pairs generated)
 
 
 def _manifest(spec: ManifestData, path: str) -> ManifestDataset:
@@ -45,7 +48,8 @@ def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
         train = DemoDataset(spec.train_size, spec.image_size, spec.seed, spec.channels)
         val = DemoDataset(spec.val_size, spec.image_size, spec.seed, spec.channels,
                           offset=spec.train_size)
-        return DataSplits(train, val, demo_reports(spec.train_size, spec.seed))
+        return DataSplits(train, val, demo_reports(spec.train_size, spec.seed),
+                          rows_read=spec.train_size + spec.val_size)
     full = _manifest(spec, spec.path)
     sets = [full]
     if spec.val_path:
@@ -57,13 +61,14 @@ def build_datasets(spec: DemoData | ManifestData) -> DataSplits:
         train, val = Subset(full, train_idx), Subset(full, val_idx)
     skipped: dict[str, int] = {}
     bad: list[tuple[str, int, str]] = []
+    details = [d for ds in sets for d in ds.bad_row_details]
     for ds, path in zip(sets, [spec.path, spec.val_path]):
         for reason, n in ds.skipped.items():
             if n:
                 skipped[reason] = skipped.get(reason, 0) + n
         bad.extend((str(path), row, reason) for row, reason in ds.bad_rows)
     texts = [full.texts[i] for i in train_idx]
-    return DataSplits(train, val, texts, skipped, bad)
+    return DataSplits(train, val, texts, skipped, bad, details, sum(ds.num_rows for ds in sets))
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -100,11 +105,17 @@ class StepBatchSampler(Sampler[list[int]]):
 
 
 def train_loader(data: DataSplits, collate: Collator, global_batch: int, seed: int, start: int,
-                 total: int, num_workers: int, rank: int, world: int, pin: bool) -> DataLoader:
+                 total: int, num_workers: int, rank: int, world: int, pin: bool,
+                 faults: FaultLog | None = None) -> FaultCountingLoader:
+    """Batches of steps start..total-1; rows unreadable when drawn are replaced and counted in
+    the returned loader's `faults`. The loader's own generator (worker seeds) is seeded from
+    `seed`, so starting it draws nothing from the global RNG that dropout uses."""
     sampler = StepBatchSampler(len(data.train), global_batch, seed, start, total, rank, world)
-    return DataLoader(data.train, batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, pin_memory=pin,
-                      persistent_workers=num_workers > 0)
+    loader = DataLoader(Replacing(data.train), batch_sampler=sampler,
+                        collate_fn=FaultCollator(collate), num_workers=num_workers,
+                        pin_memory=pin, persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(mix_seed(seed, "loader", start)))
+    return FaultCountingLoader(loader, FaultLog() if faults is None else faults)
 
 
 def eval_loader(dataset: Dataset, collate: Collator, batch_size: int, num_workers: int

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vlp.data.sample import DataError, Pair
+from vlp.data.sample import DataError, Pair, UnreadableSample
 
 FORMATS = ("csv", "tsv", "jsonl")
 REASONS = ("missing_image", "unreadable_image", "empty_text", "malformed_row")
@@ -79,8 +79,18 @@ def infer_format(path: Path, fmt: str | None) -> str:
     return fmt
 
 
+def _bad_byte(texts: list[str]) -> str:
+    """A problem naming the first byte that is not UTF-8 (read as a lone surrogate), or ''."""
+    for field, text in enumerate(texts, start=1):
+        for column, char in enumerate(text, start=1):
+            if "\udc80" <= char <= "\udcff":
+                within = f"field {field}, character" if len(texts) > 1 else "character"
+                return f"not UTF-8: byte 0x{ord(char) - 0xDC00:02x} at {within} {column}"
+    return ""
+
+
 def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[_Record]]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         header = next((row for row in reader if row), None)
         if header is None:
@@ -92,7 +102,9 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[_Record
                 if not fields:
                     continue
                 n = len(records) + 1
-                if len(fields) != len(header):
+                if problem := _bad_byte(fields):
+                    records.append(_Record(n, reader.line_num, None, problem))
+                elif len(fields) != len(header):
                     problem = f"expected {len(header)} fields, found {len(fields)}"
                     records.append(_Record(n, reader.line_num, None, problem))
                 else:
@@ -107,11 +119,14 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[_Record
 def _read_jsonl(path: Path) -> tuple[list[str], list[_Record]]:
     columns: dict[str, None] = {}
     records: list[_Record] = []
-    with path.open(encoding="utf-8-sig") as fh:
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             n = len(records) + 1
+            if problem := _bad_byte([line]):
+                records.append(_Record(n, line_no, None, problem))
+                continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -126,13 +141,29 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[_Record]]:
 
 
 def _read_manifest(path: Path, fmt: str) -> tuple[list[str], list[_Record]]:
-    """The column names (header, or every key seen in JSONL) and the data rows."""
+    """The column names (header, or every key seen in JSONL) and the data rows; a row with
+    bytes that are not UTF-8 is a malformed row, the others are kept."""
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    return _read_delimited(path, "\t" if fmt == "tsv" else ",")
+
+
+def manifest_problems(path: Path, fmt: str | None, image_column: str, text_column: str,
+                      id_column: str | None) -> list[tuple[str | None, str]]:
+    """What a recipe check can find without opening an image: (recipe key under `data.`, or
+    None for the file's own key; reason) for unknown columns and a manifest without rows."""
     try:
-        if fmt == "jsonl":
-            return _read_jsonl(path)
-        return _read_delimited(path, "\t" if fmt == "tsv" else ",")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from exc
+        columns, records = _read_manifest(path, infer_format(path, fmt))
+    except (ValueError, DataError) as exc:
+        return [(None, str(exc))]
+    found = ", ".join(repr(c) for c in columns) or "none"
+    problems: list[tuple[str | None, str]] = [
+        (key, f"{path} has no column {name!r} (columns found: {found})")
+        for key, name in (("image_column", image_column), ("text_column", text_column),
+                          ("id_column", id_column)) if name is not None and name not in columns]
+    if not records:
+        problems.append((None, f"{path} holds no data rows"))
+    return problems
 
 
 def _check_image(path: Path) -> None:
@@ -185,6 +216,7 @@ class ManifestDataset(Dataset[Pair]):
         self.num_rows = len(records)
         self.skipped: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.bad_rows: list[tuple[int, str]] = []
+        self.bad_row_details: list[str] = []  # "file: data row r (...; line l): reason: why"
         self._entries: list[_Entry] = []
         for record in records:
             try:
@@ -239,6 +271,7 @@ class ManifestDataset(Dataset[Pair]):
         self.skipped[bad.reason] += 1
         if len(self.bad_rows) < MAX_BAD_ROWS:
             self.bad_rows.append((record.row, bad.reason))
+            self.bad_row_details.append(f"{self._where(record)}: {bad.reason}: {bad.detail}")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -247,9 +280,12 @@ class ManifestDataset(Dataset[Pair]):
         entry = self._entries[index]
         try:
             image = _load_image(entry.image, self.in_chans, self.image_size)
-        except Exception as exc:  # a file changed or broke after the construction-time check
-            raise DataError(f"{self.path}: data row {entry.row}: cannot load image "
-                            f"{entry.image}: {exc}") from exc
+        except FileNotFoundError as exc:  # removed after the construction-time check
+            raise UnreadableSample(str(self.path), entry.row, "missing_image",
+                                   f"image file not found: {entry.image}") from exc
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or undecodable
+            raise UnreadableSample(str(self.path), entry.row, "unreadable_image",
+                                   f"cannot decode image {entry.image}: {exc}") from exc
         return Pair(image=torch.from_numpy(np.ascontiguousarray(image)), text=entry.text,
                     sample_id=entry.sample_id)
 

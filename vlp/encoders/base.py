@@ -57,6 +57,7 @@ class Fusion(nn.Module, Plugin):
     """Fuses image tokens and text tokens of one pair of views into joint features."""
 
     width: int
+    image_layers: int = 0  # how many per-layer image outputs FusedFeatures.image_layers holds
 
     def __init__(self, params: Params, image_width: int, text_width: int):
         super().__init__()

@@ -46,6 +46,7 @@ class CrossAttentionFusion(Fusion):
         self.image_blocks = nn.ModuleList(
             Block(w, params.heads, params.mlp_ratio, params.dropout, cross_width=w)
             for _ in range(params.layers if params.bidirectional else 0))
+        self.image_layers = len(self.image_blocks)
         self.text_norm = nn.LayerNorm(w)
         self.image_norm = nn.LayerNorm(w) if params.bidirectional else nn.Identity()
 

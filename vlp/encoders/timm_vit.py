@@ -10,6 +10,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from timm.models.vision_transformer import VisionTransformer
 
+from vlp.core.errors import ParamError, one_line
 from vlp.encoders.base import ImageEncoder
 from vlp.plugins.base import Params
 
@@ -54,16 +55,25 @@ class TimmViT(ImageEncoder):
                       drop_path_rate=params.drop_path_rate, **overrides)
         if params.weights:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": params.weights})
-        vit = timm.create_model(params.arch, **kwargs)
+        try:
+            vit = timm.create_model(params.arch, **kwargs)
+        except TypeError as exc:  # other families do not take a ViT's arguments (img_size)
+            raise ParamError("arch", f"{params.arch} is not a timm Vision Transformer "
+                             f"({one_line(exc)})") from None
+        except RuntimeError as exc:
+            if not params.weights:
+                raise
+            raise ParamError("weights", f"{params.weights} does not fit this model: "
+                             f"{one_line(exc)}") from None
         if not isinstance(vit, VisionTransformer):
-            raise TypeError(f"{params.arch} is a {type(vit).__name__}, not a timm "
-                            "VisionTransformer")
+            raise ParamError("arch", f"{params.arch} is a {type(vit).__name__}, not a timm "
+                             "VisionTransformer")
         self.vit = vit
         self.width = vit.embed_dim
         self.patch_size = vit.patch_embed.patch_size[0]
         if image_size % self.patch_size:  # timm would silently drop the border pixels
-            raise ValueError(f"data.image_size {image_size} is not a multiple of the patch "
-                             f"size {self.patch_size}")
+            raise ParamError("data.image_size", f"{image_size} is not a multiple of the image "
+                             f"encoder's patch size {self.patch_size}", absolute=True)
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool = params.pool

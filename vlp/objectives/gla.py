@@ -78,6 +78,7 @@ class GLA(Objective):
         self.local_scale = nn.Parameter(torch.tensor(init))
         self.word_proj = nn.Linear(ctx.text_width, ctx.embed_dim)
         self.patch_proj = nn.Linear(ctx.image_width, ctx.embed_dim)
+        self.max_text_len = ctx.max_text_len
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
@@ -97,7 +98,9 @@ class GLA(Objective):
         words = F.normalize(self.word_proj(text.tokens), dim=-1)
         word_mask = text.mask & ~step.batch.special_tokens_mask  # no [CLS]/[SEP]/padding
         patches = F.normalize(self.patch_proj(step.image(p.image_view).patches), dim=-1)
-        all_words, all_mask = D.gather_with_grad(words), D.gather_no_grad(word_mask)
+        length = self.max_text_len  # ranks pad their own batches to different lengths
+        all_words = D.gather_with_grad(words, pad_to=length)
+        all_mask = D.gather_no_grad(word_mask, pad_to=length)
         all_patches = D.gather_with_grad(patches)
         if p.local == "filip":
             i2t, _ = filip_scores(all_words, all_mask, patches)

@@ -68,6 +68,7 @@ class ITM(Objective):
         if ctx.fusion_width is None:
             raise ValueError("ITM needs a fusion module")
         self.head = nn.Linear(ctx.fusion_width, 2)
+        self.max_text_len = ctx.max_text_len
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
@@ -77,11 +78,13 @@ class ITM(Objective):
     def forward(self, step: Step) -> ObjectiveOutput:
         p = self.params
 
-        def cands(x: torch.Tensor, grad: bool = False) -> torch.Tensor:
-            """Candidates: this rank's batch, or every rank's when `gather` is on."""
+        def cands(x: torch.Tensor, grad: bool = False, pad_to: int | None = None
+                  ) -> torch.Tensor:
+            """Candidates: this rank's batch, or every rank's when `gather` is on (token
+            tensors padded to a length all ranks share)."""
             if not p.gather:
                 return x
-            return D.gather_with_grad(x) if grad else D.gather_no_grad(x)
+            return D.gather_with_grad(x, pad_to) if grad else D.gather_no_grad(x, pad_to)
 
         img, txt = step.image(p.image_view), step.text(p.text_view)
         ids = (step.batch.sample_id, step.batch.text_id)
@@ -99,7 +102,9 @@ class ITM(Objective):
         matched = torch.cat([torch.ones_like(neg_text, dtype=torch.bool),
                              exclude.gather(1, neg_text[:, None]).squeeze(1),
                              exclude.gather(1, neg_image[:, None]).squeeze(1)]).long()
-        text_tokens, text_mask = cands(txt.tokens, grad=True), cands(txt.mask)
+        length = self.max_text_len
+        text_tokens = cands(txt.tokens, grad=True, pad_to=length)
+        text_mask = cands(txt.mask, pad_to=length)
         image_with_neg_text = step.fuse(img.tokens, text_tokens[neg_text], text_mask[neg_text],
                                         "itm_negative_texts")
         text_with_neg_image = step.fuse(cands(img.tokens, grad=True)[neg_image], txt.tokens,

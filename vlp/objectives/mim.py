@@ -14,6 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from vlp.core.errors import ParamError
 from vlp.encoders.base import patchify
 from vlp.encoders.layers import Block
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
@@ -68,6 +69,12 @@ class MIM(Objective):
         width = ctx.image_width if params.source == "encoder" else ctx.fusion_width
         if width is None:
             raise ValueError("MIM from fusion features needs a fusion module")
+        layers = ctx.fusion_image_layers
+        if params.source == "fusion" and params.fusion_layer != -1 and not (
+                -layers <= params.fusion_layer < layers):
+            raise ParamError("fusion_layer", f"fusion_layer {params.fusion_layer}: the fusion "
+                             f"exposes {layers} image layers (only a bidirectional fusion "
+                             "updates the image stream per layer)")
         w = params.decoder_width
         self.num_patches, self.patch_size = ctx.num_patches, ctx.patch_size
         self.embed = nn.Linear(width, w)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 class Params(BaseModel):
     """Base for plugin parameters: unknown keys are errors and values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Plugin:

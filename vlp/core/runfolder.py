@@ -1,0 +1,72 @@
+"""A run folder is never damaged by a mistake on the command line.
+
+- `--out` naming a folder that already holds a run, without `--resume`, is refused.
+- `--resume` continues the run's own recipe: a recipe (or `--set` values) that differs from the
+  run's `recipe.yaml` is refused, listing each differing key with both values, so a run's folder
+  always describes how all of its steps were trained. Start a new run to change a value.
+- Resuming a run that already reached `trainer.max_steps` says so and changes nothing.
+All three checks only read the folder and happen before anything is written to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlp.core.checkpoint import resolve_checkpoint
+from vlp.core.errors import UserError
+from vlp.core.recipe import Recipe
+
+RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints")
+
+
+class RunFinished(UserError):
+    """The run to resume already reached max_steps; nothing was changed."""
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out if out or not prefix else {prefix: {}}
+    return {prefix: list(value) if isinstance(value, tuple) else value}
+
+
+def recipe_changes(run_dir: Path, recipe: Recipe) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in the run's recipe.yaml, value now) for every difference."""
+    saved = Path(run_dir) / "recipe.yaml"
+    if not saved.is_file():
+        return []
+    before = _flat(yaml.safe_load(saved.read_text()) or {})
+    now = _flat(yaml.safe_load(yaml.safe_dump(recipe.to_dict())))
+    missing = object()
+    return [(key, before.get(key, "(unset)"), now.get(key, "(unset)"))
+            for key in sorted({*before, *now}) if before.get(key, missing) != now.get(key, missing)]
+
+
+def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> None:
+    """Refuse what would damage `run_dir` (see the module docstring); reads, never writes."""
+    run_dir = Path(run_dir)
+    if not resume:
+        if holds_run(run_dir):
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume latest, "
+                            "or pass another --out")
+        return
+    changes = recipe_changes(run_dir, recipe)
+    if changes:
+        shown = "; ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changes)
+        raise UserError(f"--resume: the recipe differs from the run's {run_dir / 'recipe.yaml'} "
+                        f"({shown}); a resumed run continues its own recipe: resume without "
+                        "these changes, or start a new run with another --out")
+    name = resolve_checkpoint(run_dir, resume).name  # step_0000123 (other names: not checked)
+    step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else -1
+    if step >= recipe.spec.trainer.max_steps:
+        raise RunFinished(f"{run_dir} already finished at step {step} (trainer.max_steps "
+                          f"{recipe.spec.trainer.max_steps}); nothing to resume, nothing changed")
