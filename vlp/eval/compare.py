@@ -34,10 +34,12 @@ def comparison(run_dirs: list[Path]) -> tuple[list[str], list[dict[str, Any]]]:
         summary = load_summary(run_dir)
         row: dict[str, Any] = {"run": _label(summary, run_dir, {r["run"] for r in rows})}
         for task in summary["order"]:
-            for metric, m in summary["results"][task].get("metrics", {}).items():
+            record = summary["results"][task]
+            metrics = record.get("metrics", {})
+            for metric in record.get("metric_order", sorted(metrics)):
                 if "/" not in metric:
                     columns[f"{task}/{metric}"] = None
-                    row[f"{task}/{metric}"] = m["value"]
+                    row[f"{task}/{metric}"] = metrics[metric]["value"]
         rows.append(row)
     return list(columns), rows
 

@@ -83,6 +83,7 @@ def run_tasks(run: Run, spec: EvalSpec, tasks: dict[str, Resolved]) -> dict[str,
             "n": result.n,
             "metrics": {k: {**m.to_dict(), "value": _finite(m.value)}
                         for k, m in result.metrics.items()},
+            "metric_order": list(result.metrics),  # the JSON's keys are sorted
             **result.data,
             "passes": {k: v - before.get(k, 0) for k, v in features.passes.items()
                        if v != before.get(k, 0)},
