@@ -50,7 +50,7 @@ def main() -> None:
         text = (text * m).sum(1) / m.sum(1)
         image_emb = F.normalize(model.image_proj(image), dim=-1)
         text_emb = F.normalize(model.text_proj(text), dim=-1)
-        scale = itc.logit_scale.clamp(max=cap).exp()
+        scale = itc.temperature.log_scale.clamp(max=cap).exp()
         logits = scale * image_emb @ text_emb.T
         labels = torch.arange(logits.shape[0])
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

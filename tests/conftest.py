@@ -13,6 +13,9 @@ from vlp.plugins import registry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# a fixed count for trainer.threads' default (otherwise it follows the machine's load), so
+# runs compared bit for bit in one test use the same threads
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent

@@ -8,7 +8,6 @@ patient's right is the image's left half.
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -142,14 +141,6 @@ def test_reports_mostly_unique_and_equal_to_dataset_texts():
     ds = DemoDataset(30, seed=2, offset=7)
     assert demo_reports(30, seed=2, offset=7) == [ds[i].text for i in range(30)]
     assert all("FINDINGS:" in r and "IMPRESSION:" in r for r in reports)
-
-
-def test_generation_is_fast():
-    ds = DemoDataset(200)
-    start = time.perf_counter()
-    for i in range(200):
-        ds[i]
-    assert time.perf_counter() - start < 2.0  # ~1 ms each; per-pixel loops would be 100x slower
 
 
 def test_normal_fraction_and_normal_reports():

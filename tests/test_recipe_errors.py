@@ -37,7 +37,7 @@ CASES = [
      [], "objectives.itc.text_view", "view 'masked' has no text part", 5),
     ("missing data path",
      GOOD + "data: {_replace_: true, source: manifest, path: no/such.csv}\n", [],
-     "data.path", "path does not exist: no/such.csv", 6),
+     "data.path", "no/such.csv", 6),
     ("duplicate key", GOOD + "seed: 1\nseed: 2\n", [], "seed", "duplicate key", 7),
     ("unknown top-level key", GOOD + "optimiser: {lr: 0.1}\n", [],
      "optimiser", "unknown key", 6),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import vlp.core.checkpoint as checkpoint_module
@@ -65,18 +66,34 @@ def test_resume_is_exact_with_dropout_and_drop_path(stochastic, tmp_path):
     assert len(losses(tmp_path / "straight")) == 6
 
 
-def test_resume_is_exact_with_dropout_on_two_ranks(stochastic, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--standalone", str(TESTS / "resume_worker.py"), str(stochastic),
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def torchrun(*args: str, wait: bool = True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--standalone", str(TESTS / "resume_worker.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
-    assert len(straight) == 6 and split == straight
-    ckpt = tmp_path / "split" / "checkpoints" / "step_0000006"
-    ranks = torch.load(ckpt / "state.pt", weights_only=True)["ranks"]
+    return proc
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(stochastic,
+                                                                               tmp_path):
+    """Two gloo ranks, each drawing its own share and its own dropout: SIGTERM mid-run, then
+    resume, gives the losses of the uninterrupted two-rank run."""
+    proc = torchrun("slow", str(stochastic), str(tmp_path), wait=False)
+    _wait_for(lambda: _steps_logged(tmp_path / "run") >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "SIGTERM: stopped after step " in err, err[-3000:]
+    stopped = int((tmp_path / "run" / "checkpoints" / "latest").read_text()[5:])
+    assert 2 <= stopped < 6
+    ranks = torch.load(tmp_path / "run" / "checkpoints" / f"step_{stopped:07d}" / "state.pt",
+                       weights_only=True)["ranks"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["rng"]["cpu"], ranks[1]["rng"]["cpu"])
+    torchrun("resume", str(stochastic), str(tmp_path))
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+    assert len(losses(tmp_path / "straight")) == 6
 
 
 def test_ctrl_c_ends_the_step_with_a_checkpoint(stochastic, tmp_path, monkeypatch, capsys):
@@ -188,6 +205,24 @@ def test_resuming_a_finished_run_changes_nothing(tiny, tmp_path, capsys):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_resume_applies_operational_changes_and_refuses_the_rest(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main([str(tiny), "--out", str(out), "--no-eval", "--stop-after", "2"]) == 0
+    resume = [str(tiny), "--out", str(out), "--resume", "latest", "--no-eval"]
+    capsys.readouterr()
+    assert train_main([*resume, "--set", "optim.lr=0.01", "--set", "trainer.log_every=2"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume: the recipe differs from the run's {out / 'recipe.yaml'} (optim.lr: "
+        "0.001 in the run, 0.01 now); a resumed run continues its own recipe: resume without "
+        "these changes, or start a new run with another --out\n")
+    assert not (out / "recipe_changes.jsonl").exists()
+    assert train_main([*resume, "--set", "trainer.log_every=2"]) == 0
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["trainer"]["log_every"] == 2
+    assert [json.loads(ln) for ln in (out / "recipe_changes.jsonl").read_text().splitlines()] \
+        == [{"step": 2, "changes": {"trainer.log_every": [1, 2]}}]
+    assert [r["step"] for r in losses(out)] == [1, 2, 4]
+
+
 def test_full_disk_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch, capsys):
     real, calls = checkpoint_module.save_model, []
 
@@ -218,7 +253,8 @@ def _truncated_jpeg(path: Path, seed: int) -> None:
 
 @pytest.fixture
 def truncated_data(write_recipe, tmp_path):
-    """32 training rows (4 steps of 8 draw each once), row 11 a JPEG cut in half."""
+    """32 training rows (4 steps of 8 draw each once), row 11 a JPEG cut in half; 16 held-out
+    rows, row 4 that JPEG too."""
     images = tmp_path / "img"
     images.mkdir()
     reports = demo_reports(48)
@@ -227,9 +263,9 @@ def truncated_data(write_recipe, tmp_path):
     _truncated_jpeg(images / "cut.jpg", 0)
     train_rows = [{"file": f"{i}.png", "report": reports[i]} for i in range(32)]
     train_rows[10] = {"file": "cut.jpg", "report": reports[10]}
-    for name, rows in (("train", train_rows),
-                       ("val", [{"file": f"{i}.png", "report": reports[i]}
-                                for i in range(32, 48)])):
+    val_rows = [{"file": f"{i}.png", "report": reports[i]} for i in range(32, 48)]
+    val_rows[3] = {"file": "cut.jpg", "report": reports[35]}
+    for name, rows in (("train", train_rows), ("val", val_rows)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = tmp_path / "tokenizer.json"  # one vocabulary for every run
     train_tokenizer(reports, vocab_size=300).save(str(tok))
@@ -257,6 +293,7 @@ def test_image_unreadable_when_drawn_is_replaced_counted_and_resumes_exactly(tru
         assert summary["skipped_rows"] == {"unreadable_image": 1}
         assert summary["bad_rows"] == [[str(tmp_path / "train.jsonl"), 11, "unreadable_image"]]
         assert summary["unreadable_draws"] == 1
+        assert summary["retrieval"]["n"] == 15 and summary["retrieval"]["unreadable_pairs"] == 1
         assert summary["bad_row_details"][0].startswith(
             f"{tmp_path / 'train.jsonl'}: data row 11: unreadable_image when drawn (replaced by "
             f"the next readable row): cannot decode image {tmp_path / 'img' / 'cut.jpg'}: image "
@@ -273,3 +310,27 @@ def test_replacement_is_the_next_readable_row(truncated_data):
     assert pair.sample_id == data.train[11].sample_id == 12
     assert [(f.row, f.reason) for f in faults] == [(11, "unreadable_image")]
     assert replacing[9][1] == () and torch.equal(replacing[9][0].image, data.train[9].image)
+
+
+def test_dicom_with_cut_pixel_data_is_replaced_when_drawn(tmp_path):
+    """The DICOM header passes the construction check; the pixel data, cut short, fails only
+    when the row is drawn."""
+    pytest.importorskip("pydicom")
+    from dicom_files import write_dicom
+
+    from vlp.data.faults import Replacing
+    from vlp.data.manifest import ManifestDataset
+
+    pixels = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    cut = write_dicom(tmp_path / "cut.dcm", pixels)
+    cut.write_bytes(cut.read_bytes()[:-4000])
+    for i in (0, 2):
+        Image.new("L", (8, 8), i * 40).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,text\n0.png,Clear.\ncut.dcm,Effusion.\n2.png,Normal.\n")
+    ds = ManifestDataset(manifest, image_size=8)
+    assert len(ds) == 3 and ds.bad_rows == []  # the header is fine
+    pair, faults = Replacing(ds)[1]
+    assert pair.sample_id == 3 and pair.text == "Normal."
+    assert [(f.row, f.reason) for f in faults] == [(2, "unreadable_image")]
+    assert "The number of bytes of pixel data is less than expected" in faults[0].detail

@@ -17,6 +17,10 @@ BYTES_PER_PARAM = 16  # fp32 weight + gradient + AdamW's two moments
 
 def _tokens(recipe: Recipe) -> TokenIds:
     """The recipe's tokenizer file's ids, or those a trained one would have (specials first)."""
+    text = recipe.text_encoder
+    own = text.cls.pretrained_tokenizer(text.params)  # a pretrained folder's, if it has one
+    if own is not None:
+        return TokenIds.of(*own)
     spec = recipe.spec.model.tokenizer
     if spec.path is None:
         return TokenIds(spec.vocab_size, *range(len(SPECIAL_TOKENS)))
@@ -29,7 +33,8 @@ def _tokens(recipe: Recipe) -> TokenIds:
 
 def device_memory(device: str) -> tuple[str, int] | None:
     """(what, bytes) of memory the recipe's device has, or None if unknown."""
-    if device in ("cuda", "auto") and torch.cuda.is_available() or device.startswith("cuda:"):
+    on_cuda = device.startswith("cuda") or device == "auto"
+    if on_cuda and torch.cuda.is_available():  # the device check already refused other CUDA
         index = torch.device(device).index if device.startswith("cuda:") else 0
         return f"GPU {index}", torch.cuda.get_device_properties(index).total_memory
     try:

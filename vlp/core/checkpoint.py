@@ -19,18 +19,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from vlp.core.errors import CheckpointError
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
+from vlp.files import fsync_file, write_text_atomic
 
 
 def rng_state() -> dict[str, Any]:
@@ -86,7 +75,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({"step": step, **state}, tmp / "state.pt")
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_file(f)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         pointer = root / "latest"
@@ -102,15 +91,42 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _write_text_atomic(root / "latest", final.name)
+    try:
+        write_text_atomic(root / "latest", final.name)
+    except OSError as exc:  # the new folder is complete; `latest` still names the previous one
+        raise CheckpointWriteError(f"checkpoint {final} was written but {root / 'latest'} could "
+                                   f"not be updated: {exc.strerror or exc}; it still names the "
+                                   "previous checkpoint") from None
     by_age = sorted(root.glob("step_*"), key=lambda p: p.stat().st_mtime_ns)
     for stale in [p for p in by_age if p != final][: max(0, len(by_age) - keep)]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+BEST = "best"  # checkpoints/best/: weights of the best held-out score, never pruned
+
+
+def save_best(run_dir: Path, step: int, model: nn.Module, info: dict[str, Any]) -> Path:
+    """Write weights and `best.json` to checkpoints/best/, swapped in whole."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp, old = root / BEST, root / f".tmp_{BEST}", root / f".old_{BEST}"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "best.json").write_text(json.dumps({**info, "step": step}, indent=2) + "\n")
+    for f in tmp.iterdir():
+        fsync_file(f)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def resolve_checkpoint(run_dir: Path, which: str = "latest") -> Path:
-    """`latest`, a step folder name, or a path to a checkpoint folder."""
+    """`latest`, `best`, a step folder name, or a path to a checkpoint folder."""
     if which != "latest":
         path = Path(which)
         path = path if path.is_dir() else Path(run_dir) / "checkpoints" / which
@@ -141,4 +157,4 @@ def load_state(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def write_json(path: Path, data: Any) -> None:
-    _write_text_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")

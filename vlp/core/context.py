@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from vlp.data.tokenize import TokenIds
 
 
@@ -21,6 +23,7 @@ class BuildContext:
     image_size: int
     max_text_len: int
     tokens: TokenIds
+    text_mlm_head: nn.Module | None = None  # the pretrained text encoder's MLM head, if any
 
     @property
     def num_patches(self) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vlp.core.ops import masked_mean
 from vlp.core.views import ImageView, TextView
 
 
@@ -43,10 +44,10 @@ class TextFeatures:
 
     @property
     def pooled(self) -> torch.Tensor:
-        if self.pool == "cls":
-            return self.tokens[:, 0]
-        weights = self.mask.unsqueeze(-1).to(self.tokens.dtype)
-        return (self.tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if self.pool == "cls":  # the first real token: position 0 unless padded on the left
+            first = self.mask.int().argmax(1)
+            return self.tokens[torch.arange(self.tokens.shape[0], device=first.device), first]
+        return masked_mean(self.tokens, self.mask.unsqueeze(-1), dim=1)
 
 
 @dataclass

@@ -61,13 +61,28 @@ class VLPModel(nn.Module):
             grid_size=self.image_encoder.grid_size,
             num_prefix_tokens=self.image_encoder.num_prefix_tokens,
             channels=spec.data.channels, image_size=spec.data.image_size,
-            max_text_len=spec.data.max_text_len, tokens=tokens)
+            max_text_len=spec.data.max_text_len, tokens=tokens,
+            text_mlm_head=self.text_encoder.pretrained_mlm_head())
         self.maskers = {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
                         for name, r in recipe.views.items()}
         self.objectives = nn.ModuleDict(
             {name: _build(recipe, r.key, lambda r=r: r.cls(r.params, self.ctx))
              for name, r in recipe.objectives.items()})
         self.weights = {name: r.weight for name, r in recipe.objectives.items()}
+        self._freeze_what_nothing_trains(recipe)
+
+    def _freeze_what_nothing_trains(self, recipe: Recipe) -> None:
+        """Shared parts no objective reads (the text encoder of an image-only recipe, the
+        projections of a recipe without a contrastive part) stay fixed, out of the optimiser
+        and of DDP, rather than being reported as untrained; evaluation still reads them."""
+        needs = [r.cls.needs(r.params) for r in recipe.objectives.values()]
+        if not any(n.image_views or n.fusion for n in needs):
+            self.image_encoder.requires_grad_(False)
+        if not any(n.text_views or n.fusion for n in needs):
+            self.text_encoder.requires_grad_(False)
+        if all(n.embeddings != "train" for n in needs):
+            self.image_proj.requires_grad_(False)
+            self.text_proj.requires_grad_(False)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides norms and biases."""

@@ -65,11 +65,14 @@ class ModelSpec(_Strict):
 
 
 class _DataCommon(_Strict):
+    """Kept when a recipe's data section switches `source` (yamlio.SHARED_ON_SOURCE_SWITCH)."""
+
     image_size: int = Field(224, ge=16)
     channels: Literal[1, 3] = 1
     max_text_len: int = Field(128, ge=8)
     num_workers: int = Field(0, ge=0)
     seed: int = 0  # demo generation / held-out split
+    min_val_size: int = Field(0, ge=0)  # fewer usable held-out pairs is a recipe error
 
 
 class DemoData(_DataCommon):
@@ -88,7 +91,17 @@ class ManifestData(_DataCommon):
     format: Literal["csv", "tsv", "jsonl"] | None = None
     val_path: str | None = None
     val_fraction: float = Field(0.05, gt=0, lt=1)
+    group_column: str | None = None  # patient/study column: no group on both sides of the split
     strict: bool = False
+
+
+class WebDatasetData(_DataCommon):
+    """Tar shards written by `vlp data shard` (needs the wds extra); see docs/data-sources.md."""
+
+    source: Literal["webdataset"]
+    urls: str | list[str]  # shard paths, brace-expanded: shards/shard-{000000..000009}.tar
+    val_urls: str | list[str]  # held-out shards (read into memory)
+    tokenizer_samples: int = Field(20000, ge=1)  # reports read to train a tokenizer
 
 
 class OptimSpec(_Strict):
@@ -118,6 +131,9 @@ class TrainerSpec(_Strict):
     device: str = "auto"
     find_unused_parameters: bool = False
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
+    threads: int | None = Field(None, gt=0)  # CPU threads; default: cores / local ranks
+    eval_every: int = Field(0, ge=0)  # held-out retrieval every N steps (0: only at the end)
+    best_metric: str = "mean_R"  # held-out metric (higher is better) picking checkpoints/best
 
 
 class TaskSpec(BaseModel):
@@ -140,7 +156,7 @@ class EvalSpec(_Strict):
 
 class RecipeSpec(_Strict):
     seed: int = 0
-    data: Annotated[DemoData | ManifestData, Field(discriminator="source")]
+    data: Annotated[DemoData | ManifestData | WebDatasetData, Field(discriminator="source")]
     model: ModelSpec
     views: dict[str, ViewSpec] = {}
     objectives: dict[str, ObjectiveSpec]
@@ -214,7 +230,7 @@ def _dump(params: Params) -> dict[str, Any]:
 
 
 MISSING = "required key is missing"
-DATA_SOURCES = ("demo", "manifest")
+DATA_SOURCES = ("demo", "manifest", "webdataset")
 
 
 def _close(given: str, allowed: list[str]) -> str | None:
@@ -222,12 +238,16 @@ def _close(given: str, allowed: list[str]) -> str | None:
     return match[0] if match else None
 
 
+def _unknown_key(given: str, allowed: list[str]) -> str:
+    hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+    guess = _close(given, allowed)
+    return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
+
+
 def _describe(err: dict[str, Any], allowed: list[str] | None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-        guess = _close(str(err["loc"][-1]), allowed or [])
-        return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
+        return _unknown_key(str(err["loc"][-1]), allowed or [])
     if kind == "missing":
         return MISSING
     if kind == "union_tag_invalid":
@@ -296,6 +316,9 @@ def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
     return [p for p in out if not (p.reason == MISSING and p.key in merged)]
 
 
+_SECTION_MODELS: dict[str, type[BaseModel]] = {}
+
+
 def _section_model(name: str) -> type[BaseModel]:
     """A one-field model for the top-level section `name`, validated on its own."""
     if name not in _SECTION_MODELS:
@@ -305,9 +328,6 @@ def _section_model(name: str) -> type[BaseModel]:
     return _SECTION_MODELS[name]
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {}
-
-
 def _check_sections(data: dict, prov: Provenance, source: str,
                     problems: list[Problem]) -> dict[str, Any]:
     """Validate each top-level section on its own, so one bad section hides no other problem;
@@ -315,10 +335,8 @@ def _check_sections(data: dict, prov: Provenance, source: str,
     fields = sorted(RecipeSpec.model_fields)
     for key in data:
         if key not in fields:
-            guess = _close(str(key), fields)
             problems.append(Problem(where_of(prov, str(key), source), str(key),
-                                    f"unknown key (expected one of: {', '.join(fields)})"
-                                    + (f"; did you mean `{guess}`?" if guess else "")))
+                                    _unknown_key(str(key), fields)))
     valid: dict[str, Any] = {}
     for name, info in RecipeSpec.model_fields.items():
         if name not in data:
@@ -394,8 +412,9 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
         encoders[field_name] = None if not isinstance(name, str) else _resolve(
             kind, f"model.{field_name}", name, raw, prov, source, "name", ("name",), problems)
 
-    view_makers = {str(n): v["masker"] for n, v in _mapping(data.get("views")).items()
-                   if isinstance(v, dict) and isinstance(v.get("masker"), str)}
+    view_specs = {str(n): v for n, v in _mapping(data.get("views")).items()
+                  if isinstance(v, dict) and isinstance(v.get("masker"), str)}
+    view_makers = {name: v["masker"] for name, v in view_specs.items()}
     views: dict[str, Resolved] = {}
     for name, masker in view_makers.items():
         key = f"views.{name}"
@@ -403,7 +422,7 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
             problems.append(Problem(where_of(prov, key, source), key,
                                     f"'{name}' is a built-in view and cannot be redefined"))
             continue
-        r = _resolve("masker", key, masker, data["views"][name], prov, source, "masker",
+        r = _resolve("masker", key, masker, view_specs[name], prov, source, "masker",
                      ("masker",), problems)
         if r is not None:
             views[name] = r
@@ -438,6 +457,15 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
                 f"objective '{name}' compares samples within the batch (negatives), so "
                 "accumulating micro-batches would shrink its batch; use grad_accum: 1 and a "
                 "smaller batch_size or more ranks"))
+    uses = {name: r.cls.needs(r.params).embeddings for name, r in objectives.items()}
+    if "train" not in uses.values():
+        for name in (n for n, use in uses.items() if use == "read"):
+            key = f"objectives.{name}"
+            problems.append(Problem(where_of(prov, key, source), key, (
+                "reads the shared image/text embeddings (e.g. to rank hard negatives), but no "
+                "objective of this recipe trains them, so they would stay random: add one that "
+                "does (itc, or gla with global_weight > 0) or do without them (for itm: "
+                "negatives: random)")))
     return encoders, views, objectives
 
 
@@ -479,6 +507,20 @@ def _device_problem(name: str) -> str | None:
     return None
 
 
+def _shard_problem(urls: str | list[str]) -> str | None:
+    """Why these shard URLs cannot be read (missing extra, no shards, missing local files)."""
+    if importlib.util.find_spec("webdataset") is None:
+        return "data.source webdataset needs webdataset: pip install -e '.[wds]'"
+    from vlp.data.shards import expand
+
+    expanded = expand(urls)
+    missing = [u for u in expanded if "://" not in u and not u.startswith("pipe:")
+               and not Path(u).is_file()]
+    if not expanded:
+        return "no shards listed"
+    return f"shard not found: {missing[0]} ({len(missing)} missing)" if missing else None
+
+
 def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
                   problems: list[Problem]) -> None:
     """Checks across sections, and of files and devices named by the recipe."""
@@ -499,14 +541,25 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
             if value is not None and Path(value).is_file():
                 for column, reason in manifest_problems(
                         Path(value), data.format, data.image_column, data.text_column,
-                        data.id_column):
+                        data.id_column, data.group_column):
                     add(f"data.{column or field_name}", reason)
+    if isinstance(data, WebDatasetData):
+        for field_name in ("urls", "val_urls"):
+            reason = _shard_problem(getattr(data, field_name))
+            if reason:
+                add(f"data.{field_name}", reason)
     if isinstance(data, DemoData) and trainer is not None and eval_ is not None:
-        for key, size, need in (("data.train_size", data.train_size, trainer.batch_size),
-                                ("data.val_size", data.val_size, max(eval_.ks))):
+        for key, size, need, what in (
+                ("data.train_size", data.train_size, trainer.batch_size, "trainer.batch_size"),
+                ("data.val_size", data.val_size, max(eval_.ks), "max(eval.ks)"),
+                ("data.val_size", data.val_size, data.min_val_size, "data.min_val_size")):
             if size < need:
-                what = "trainer.batch_size" if key.endswith("train_size") else "max(eval.ks)"
                 add(key, f"{size} is smaller than {what} ({need})")
+    if trainer is not None and eval_ is not None:
+        metrics = {"mean_R", *(f"{d}_R@{k}" for d in ("i2t", "t2i") for k in eval_.ks)}
+        if trainer.best_metric not in metrics:
+            add("trainer.best_metric", f"unknown held-out metric {trainer.best_metric!r} "
+                                       f"(expected one of: {', '.join(sorted(metrics))})")
     tokenizer = None if model is None else model.tokenizer.path
     if tokenizer is not None and not Path(tokenizer).is_file():
         add("model.tokenizer.path", f"file not found: {model.tokenizer.path}")
@@ -540,7 +593,10 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     _check_values(valid, prov, source, problems)
     if problems:
         raise RecipeError(_merge_misspellings(problems))
-    spec = RecipeSpec.model_validate(data)
+    try:  # every section passed on its own, so this only assembles them
+        spec = RecipeSpec.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_problems(exc, "", prov, source, RecipeSpec)) from None
     image_encoder, text_encoder = encoders["image_encoder"], encoders["text_encoder"]
     assert image_encoder is not None and text_encoder is not None
     recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,

@@ -17,11 +17,21 @@ from tokenizers import Tokenizer
 
 from vlp.core import distributed as D
 from vlp.core.checkpoint import load_weights, resolve_checkpoint
+from vlp.core.errors import Problem, RecipeError
 from vlp.core.model import VLPModel
-from vlp.core.recipe import Recipe, load_recipe
+from vlp.core.progress import phase
+from vlp.core.recipe import ManifestData, Recipe, load_recipe
+from vlp.core.threads import apply_threads
 from vlp.data.collate import Collator
 from vlp.data.loader import DataSplits, build_datasets
-from vlp.data.tokenize import TokenIds, load_tokenizer, train_tokenizer
+from vlp.data.tokenize import (
+    BERT_SPECIALS,
+    SpecialTokens,
+    TokenIds,
+    load_tokenizer,
+    train_tokenizer,
+)
+from vlp.files import write_text_atomic
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,20 +61,32 @@ def latest_run_dir(recipe: Recipe) -> Path:
     return runs[-1]
 
 
-def _tokenizer(recipe: Recipe, run_dir: Path, texts: list[str]) -> Tokenizer:
-    """The run's tokenizer.json if present, else the recipe's file, else trained (rank 0)."""
-    saved = run_dir / "tokenizer.json"
+def _tokenizer(recipe: Recipe, run_dir: Path, texts: list[str]
+               ) -> tuple[Tokenizer, SpecialTokens]:
+    """The run's saved tokenizer if present; else the text encoder's own (a pretrained folder's),
+    the recipe's file, or one trained on the reports (rank 0), saved into the run folder."""
+    saved, saved_special = run_dir / "tokenizer.json", run_dir / "special_tokens.json"
     spec = recipe.spec.model.tokenizer
     if not saved.is_file() and D.rank() == 0:
-        tok = (load_tokenizer(spec.path) if spec.path else
-               train_tokenizer(texts, spec.kind, spec.vocab_size, spec.min_frequency,
-                               spec.lowercase))
+        te = recipe.text_encoder
+        own = te.cls.pretrained_tokenizer(te.params)
+        if own is not None:
+            tok, special = own
+            special.save(saved_special)
+        elif spec.path:
+            tok = load_tokenizer(spec.path)
+        else:
+            with phase("tokenizer training") as details:
+                tok = train_tokenizer(texts, spec.kind, spec.vocab_size, spec.min_frequency,
+                                      spec.lowercase)
+                details["vocab"] = f"{tok.get_vocab_size()} tokens from {len(texts)} reports"
         tmp = saved.with_suffix(".tmp")
         tok.save(str(tmp))
         tmp.replace(saved)
     if D.is_distributed():
         torch.distributed.barrier()
-    return load_tokenizer(saved)
+    special = SpecialTokens.load(saved_special) if saved_special.is_file() else BERT_SPECIALS
+    return load_tokenizer(saved, special), special
 
 
 @dataclass
@@ -74,28 +96,50 @@ class Run:
     device: torch.device
     data: DataSplits
     tokenizer: Tokenizer
+    special: SpecialTokens
     model: VLPModel
 
     @property
     def collate(self) -> Collator:
-        return Collator(self.tokenizer, self.recipe.spec.data.max_text_len)
+        return Collator(self.tokenizer, self.recipe.spec.data.max_text_len, self.special)
+
+
+def check_held_out(recipe: Recipe, data: DataSplits) -> None:
+    """A manifest's held-out set, known once rows are read, must cover max(eval.ks) and
+    data.min_val_size, as the demo data's val_size is checked with the recipe."""
+    spec = recipe.spec.data
+    if not isinstance(spec, ManifestData):
+        return
+    key = "data.val_path" if spec.val_path else "data.val_fraction"
+    n = len(data.val)
+    for need, what in ((max(recipe.spec.eval.ks), "max(eval.ks)"),
+                       (spec.min_val_size, "data.min_val_size")):
+        if n < need:
+            raise RecipeError([Problem(recipe.source, key, f"the held-out set has {n} usable "
+                                       f"pairs, fewer than {what} ({need})")])
 
 
 def build_run(recipe: Recipe, run_dir: Path, device: torch.device) -> Run:
+    with phase("data set check") as details:
+        data = build_datasets(recipe.spec.data)
+        bad = sum(data.skipped.values())
+        details["sizes"] = (f"{len(data.train)} training / {len(data.val)} held-out pairs, "
+                            f"{bad} bad rows")
+    check_held_out(recipe, data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = build_datasets(recipe.spec.data)
-    tokenizer = _tokenizer(recipe, run_dir, data.train_texts)
+    tokenizer, special = _tokenizer(recipe, run_dir, data.train_texts)
     saved = run_dir / "recipe.yaml"
     if D.rank() == 0 and not saved.exists():  # a run keeps the recipe it started with
-        saved.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    model = VLPModel(recipe, TokenIds.of(tokenizer)).to(device)
-    return Run(recipe, run_dir, device, data, tokenizer, model)
+        write_text_atomic(saved, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    model = VLPModel(recipe, TokenIds.of(tokenizer, special)).to(device)
+    return Run(recipe, run_dir, device, data, tokenizer, special, model)
 
 
 def load_run(run_dir: Path, checkpoint: str = "latest", device: str = "auto") -> Run:
     """Rebuild a finished (or interrupted) run from its folder, with checkpoint weights."""
     recipe = load_recipe(run_dir / "recipe.yaml",  # the device asked for here, not the run's
                          [f"trainer.device={device}"] if device != "auto" else [])
+    apply_threads(recipe.spec.trainer.threads)
     run = build_run(recipe, run_dir, resolve_device(device))
     load_weights(run.model, resolve_checkpoint(run_dir, checkpoint))
     return run

@@ -3,13 +3,16 @@
 - `--out` naming a folder that already holds a run, without `--resume`, is refused.
 - `--resume` continues the run's own recipe: a recipe (or `--set` values) that differs from the
   run's `recipe.yaml` is refused, listing each differing key with both values, so a run's folder
-  always describes how all of its steps were trained. Start a new run to change a value.
+  always describes how all of its steps were trained. Start a new run to change a value. Only
+  keys that change how a run is operated, not what it trains (OPERATIONAL), are applied: the
+  run's recipe.yaml is updated and each change appended to `recipe_changes.jsonl`.
 - Resuming a run that already reached `trainer.max_steps` says so and changes nothing.
-All three checks only read the folder and happen before anything is written to it.
+The checks only read the folder and happen before anything is written to it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,12 @@ import yaml
 from vlp.core.checkpoint import resolve_checkpoint
 from vlp.core.errors import UserError
 from vlp.core.recipe import Recipe
+from vlp.files import write_text_atomic
 
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints")
+OPERATIONAL = ("trainer.log_every", "trainer.ckpt_every", "trainer.keep_checkpoints",
+               "trainer.tensorboard", "trainer.device", "data.num_workers", "eval.batch_size")
+Change = tuple[str, Any, Any]  # dotted key, value in the run's recipe.yaml, value now
 
 
 class RunFinished(UserError):
@@ -39,7 +46,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
-def recipe_changes(run_dir: Path, recipe: Recipe) -> list[tuple[str, Any, Any]]:
+def recipe_changes(run_dir: Path, recipe: Recipe) -> list[Change]:
     """(dotted key, value in the run's recipe.yaml, value now) for every difference."""
     saved = Path(run_dir) / "recipe.yaml"
     if not saved.is_file():
@@ -51,17 +58,19 @@ def recipe_changes(run_dir: Path, recipe: Recipe) -> list[tuple[str, Any, Any]]:
             for key in sorted({*before, *now}) if before.get(key, missing) != now.get(key, missing)]
 
 
-def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> None:
-    """Refuse what would damage `run_dir` (see the module docstring); reads, never writes."""
+def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> list[Change]:
+    """Refuse what would damage `run_dir` (see the module docstring); reads, never writes.
+    Returns the operational changes a resume applies (record them with `record_changes`)."""
     run_dir = Path(run_dir)
     if not resume:
         if holds_run(run_dir):
             raise UserError(f"{run_dir} already holds a run; continue it with --resume latest, "
                             "or pass another --out")
-        return
+        return []
     changes = recipe_changes(run_dir, recipe)
-    if changes:
-        shown = "; ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changes)
+    refused = [change for change in changes if change[0] not in OPERATIONAL]
+    if refused:
+        shown = "; ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in refused)
         raise UserError(f"--resume: the recipe differs from the run's {run_dir / 'recipe.yaml'} "
                         f"({shown}); a resumed run continues its own recipe: resume without "
                         "these changes, or start a new run with another --out")
@@ -70,3 +79,14 @@ def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> None:
     if step >= recipe.spec.trainer.max_steps:
         raise RunFinished(f"{run_dir} already finished at step {step} (trainer.max_steps "
                           f"{recipe.spec.trainer.max_steps}); nothing to resume, nothing changed")
+    return changes
+
+
+def record_changes(run_dir: Path, recipe: Recipe, changes: list[Change], step: int) -> None:
+    """Write the resumed recipe as the run's recipe.yaml and append what changed, at which
+    step, to recipe_changes.jsonl (rank 0, before the first resumed step)."""
+    run_dir = Path(run_dir)
+    with (run_dir / "recipe_changes.jsonl").open("a") as log:
+        log.write(json.dumps({"step": step, "changes": {k: [old, new] for k, old, new in changes}})
+                  + "\n")
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))

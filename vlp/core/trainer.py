@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from vlp.core import distributed as D
 from vlp.core.checkpoint import (
@@ -34,18 +32,22 @@ from vlp.core.checkpoint import (
     write_json,
 )
 from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError
+from vlp.core.heldout import HeldOutTracker
 from vlp.core.optim import build_optimizer, build_scheduler
+from vlp.core.progress import TrainProgress, say
 from vlp.core.recipe import Recipe, TrainerSpec
 from vlp.core.run import Run, build_run, default_run_dir, latest_run_dir, resolve_device
-from vlp.core.runfolder import check_run_folder
+from vlp.core.runfolder import check_run_folder, record_changes
 from vlp.core.signals import signal_name, stop_on_signals
+from vlp.core.threads import ThreadChoice, apply_threads
+from vlp.core.untrained import check_every_parameter_trains
 from vlp.data.batch import Batch
 from vlp.data.faults import FaultCountingLoader, FaultLog, all_faults, data_report
-from vlp.data.loader import train_loader
+from vlp.data.loader import probe_pairs, train_loader
 from vlp.seeding import mix_seed
 
-#: What `train` runs on the finished model (e.g. the recipe's downstream tasks): its results.
-Evaluator = Callable[[Run], dict[str, Any]]
+#: What `train` runs on the finished model (e.g. held-out retrieval): metrics by name.
+Evaluator = Callable[[Run], dict[str, float]]
 
 
 @dataclass
@@ -53,7 +55,8 @@ class TrainResult:
     run_dir: Path
     steps: int
     last_metrics: dict[str, float]
-    evaluation: dict[str, Any] | None  # what the Evaluator returned
+    retrieval: dict[str, float] | None
+    summary: dict
 
 
 def step_generator(device: torch.device, seed: int, step: int, micro_batch: int = 0
@@ -86,6 +89,7 @@ class Training:
     start: int  # first step to run (the resumed step, or 0)
     end: int  # step after the last one this call runs (stop_after or max_steps)
     faults: FaultLog  # this rank's rows that could not be read when drawn (resumed too)
+    threads: ThreadChoice
 
     @property
     def model(self) -> nn.Module:
@@ -159,18 +163,25 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
           stop_after: int | None) -> Training:
     """Build (or resume) a run: the model, optimiser, schedule and the steps to run."""
     spec, trainer = recipe.spec, recipe.spec.trainer
+    threads = apply_threads(trainer.threads)  # before any work, so every op sees it
     device = _join_ranks(recipe)
     run_dir = _run_dir(recipe, out, resume)
-    check_run_folder(run_dir, recipe, resume)
+    say(f"{recipe.name}: {threads.describe()}, device {device}, {D.world_size()} rank(s), "
+        f"run folder {run_dir}")
+    changes = check_run_folder(run_dir, recipe, resume)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
+    sample = run.collate(probe_pairs(run.data))
+    check_every_parameter_trains(recipe, run.model, sample.to(device))
     optimizer = build_optimizer(run.model, spec.optim)
     scheduler = build_scheduler(optimizer, trainer.max_steps, spec.schedule)
     faults = FaultLog()
     start = _restore(run, optimizer, scheduler, resume, faults) if resume else 0
+    if changes and D.rank() == 0:
+        record_changes(run_dir, recipe, changes, start)
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
     ddp = _wrap_for_ranks(run.model, device, trainer)
-    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults)
+    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults, threads)
 
 
 def data_loader(training: Training) -> FaultCountingLoader:
@@ -279,7 +290,8 @@ def _metrics_file(run_dir: Path, start: int) -> TextIO:
 
 
 class RunLog:
-    """Where metric lines go on rank 0: metrics.jsonl, TensorBoard (optional), a progress bar."""
+    """Where metric lines go on rank 0: metrics.jsonl, TensorBoard (optional), and progress:
+    a bar on a terminal, plain lines in a batch job (vlp.core.progress)."""
 
     def __init__(self, training: Training):
         trainer, rank0 = training.trainer, D.rank() == 0
@@ -289,9 +301,8 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.board = SummaryWriter(str(training.run_dir / "tensorboard"))
-        self.bar = tqdm(total=trainer.max_steps, initial=training.start,
-                        disable=not rank0 or not sys.stderr.isatty(), dynamic_ncols=True,
-                        desc=training.recipe.name)
+        self.progress = TrainProgress(training.recipe.name, training.start, trainer.max_steps,
+                                      training.end)
 
     def write(self, line: dict[str, float]) -> None:
         step = int(line["step"])
@@ -301,10 +312,10 @@ class RunLog:
         if self.board is not None:
             for key, value in line.items():
                 self.board.add_scalar(key, value, step)
-        self.bar.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
+        self.progress.logged(step, line["loss"], line["samples_per_s"])
 
     def close(self) -> None:
-        self.bar.close()
+        self.progress.close()
         if self.file is not None:
             self.file.close()
         if self.board is not None:
@@ -325,20 +336,35 @@ def save(training: Training, step: int) -> None:
                         keep=training.trainer.keep_checkpoints)
 
 
-def finish(training: Training, done: int, last: dict[str, float],
-           evaluate: Evaluator | None) -> dict[str, Any] | None:
-    """After the last step: evaluate on rank 0 and write summary.json (complete runs only)."""
-    result = None
+def finish(training: Training, done: int, last: dict[str, float], evaluate: Evaluator | None,
+           held_out: HeldOutTracker | None, train_seconds: float, stopped_by: str | None = None
+           ) -> tuple[dict[str, float] | None, dict]:
+    """After the last step: evaluate on rank 0 (complete runs only) and write summary.json
+    (every run, also with --no-eval, --stop-after or when stopped by a signal)."""
+    result, skipped_because = None, None
+    trainer, run = training.trainer, training.run
     faults = all_faults(training.faults)
-    if evaluate and D.rank() == 0 and done >= training.trainer.max_steps:
-        run = training.run
+    if stopped_by:
+        skipped_because = stopped_by
+    elif not evaluate:
+        skipped_because = "--no-eval"
+    elif done < trainer.max_steps:
+        skipped_because = f"stopped at step {done} of {trainer.max_steps}"
+    elif held_out is not None:  # the last point of the curve, and a candidate for best
+        result = held_out.evaluate(done)
+    elif D.rank() == 0:
         result = evaluate(run)
-        write_json(training.run_dir / "summary.json", {
-            "recipe": training.recipe.source, "steps": done, "final": last, "eval": result,
-            **data_report(run.data, faults)})
+    summary = {
+        "recipe": training.recipe.source, "run_dir": str(training.run_dir.resolve()),
+        "steps": done, "max_steps": trainer.max_steps, "final": last, "retrieval": result,
+        "eval_skipped": skipped_because, "threads": training.threads.threads,
+        "train_seconds": train_seconds, "best": held_out.best if held_out else None,
+        **data_report(run.data, faults)}
+    if D.rank() == 0:
+        write_json(training.run_dir / "summary.json", summary)
     if D.is_distributed():
         torch.distributed.barrier()
-    return result
+    return result, summary
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -347,13 +373,16 @@ def finish(training: Training, done: int, last: dict[str, float],
 def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
           evaluate: Evaluator | None = None, stop_after: int | None = None) -> TrainResult:
     """Train `recipe`, then run `evaluate` on the finished model (e.g.
-    `vlp.eval.evaluate.evaluate_tasks`, the recipe's tasks). `stop_after` ends early at that
-    step with a checkpoint (for jobs with a time limit: continue later with resume='latest';
-    the schedule still spans max_steps)."""
+    `vlp.eval.evaluate.retrieval_of_run`). `stop_after` ends early at that step with a
+    checkpoint (for jobs with a time limit: continue later with resume='latest'; the schedule
+    still spans max_steps)."""
     training = setup(recipe, out, resume, stop_after)
     trainer = training.trainer
     window = MetricsWindow(list(training.model.objectives), training.start, training.device)
     log = RunLog(training)
+    held_out = (HeldOutTracker(training.run, evaluate, trainer.eval_every, trainer.best_metric,
+                               log.file, log.board)
+                if evaluate and trainer.eval_every and D.rank() == 0 else None)
     last: dict[str, float] = {}
     with stop_on_signals() as stop:  # SIGINT/SIGTERM: end the step, checkpoint, exit
         for step, batch in enumerate(data_loader(training), start=training.start):
@@ -367,20 +396,26 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                 last = {"step": done, "lr": training.scheduler.get_last_lr()[0], **values,
                         "samples_per_s": steps * trainer.batch_size / elapsed, **output.passes}
                 log.write(last)
-            log.bar.update(1)
+            log.progress.advance()
+            if held_out is not None and held_out.due(done):
+                held_out.evaluate(done)
             if trainer.ckpt_every and done % trainer.ckpt_every == 0 and done != training.end:
                 window.check_finite(done, training.run_dir)
                 save(training, done)
             if (signum := stop.requested()) and done != training.end:
+                seconds = log.progress.close()
                 log.close()
                 window.check_finite(done, training.run_dir)
                 save(training, done)
+                finish(training, done, last, evaluate, held_out, seconds,
+                       stopped_by=f"stopped by {signal_name(signum)} after step {done}")
                 raise Interrupted(f"{signal_name(signum)}: stopped after step {done} with a "
                                   f"checkpoint in {training.run_dir / 'checkpoints'}; continue "
                                   "with --resume latest", signum)
-    log.close()
+    train_seconds = log.progress.close()
     done = max(training.start, training.end)
     window.check_finite(done, training.run_dir)
     save(training, done)
-    result = finish(training, done, last, evaluate)
-    return TrainResult(training.run_dir, done, last, result)
+    result, summary = finish(training, done, last, evaluate, held_out, train_seconds)
+    log.close()  # after finish: the last held-out line goes to the same files
+    return TrainResult(training.run_dir, done, last, result, summary)

@@ -43,8 +43,9 @@ def _record(node: yaml.Node, path: tuple[str, ...], source: str, prov: Provenanc
     contain themselves (a recursive structure no recipe can mean) and alias bombs."""
     count = [0] if count is None else count
     count[0] += 1
-    if count[0] > MAX_NODES:
-        raise RecipeError([Problem(f"{source}:{node.start_mark.line + 1}", _dotted(path),
+    if count[0] > MAX_NODES:  # name the top-level key whose value expanded this far
+        top = path[0] if path else ""
+        raise RecipeError([Problem(prov.get(top, f"{source}:{node.start_mark.line + 1}"), top,
                                    f"aliases expand to more than {MAX_NODES} values")])
     if id(node) in ancestors:
         raise RecipeError([Problem(f"{source}:{node.start_mark.line + 1}", _dotted(path),
@@ -97,6 +98,39 @@ def read_utf8(path: Path) -> str:
 
 
 REPLACE_KEY = "_replace_"
+# Keys holding file paths: a relative value is read from the folder of the file that wrote it
+# (a `--set` value from the working directory) and kept absolute, so a run folder works anywhere.
+PATH_KEYS = ("data.path", "data.val_path", "data.image_root", "model.tokenizer.path",
+             "model.image_encoder.weights")
+# A data section naming another `source` replaces the base's, keeping only these shared keys.
+SHARED_ON_SOURCE_SWITCH = ("image_size", "channels", "max_text_len", "num_workers", "seed",
+                           "min_val_size")
+
+
+def absolute_paths(data: dict, folder: Path, only: str | None = None) -> None:
+    """Make the PATH_KEYS values in `data` absolute, relative ones read from `folder`."""
+    for key in PATH_KEYS if only is None else [k for k in PATH_KEYS if k == only]:
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()  # ~/x is absolute once expanded
+            node[leaf] = str(path if path.is_absolute() else (folder / path).resolve())
+
+
+def switch_source(base: dict, top: dict, prov: Provenance) -> dict:
+    """`base` with a data section that names another source replaced, shared keys kept."""
+    base_data, top_data = base.get("data"), top.get("data")
+    if not (isinstance(base_data, dict) and isinstance(top_data, dict)
+            and "source" in top_data and top_data.get("source") != base_data.get("source")):
+        return base
+    kept = {k: v for k, v in base_data.items() if k in SHARED_ON_SOURCE_SWITCH}
+    for stale in [k for k in prov if k.startswith("data.")
+                  and k.split(".")[1] not in SHARED_ON_SOURCE_SWITCH]:
+        del prov[stale]
+    return {**base, "data": kept}
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -128,6 +162,7 @@ def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Pr
         data = {}
     if not isinstance(data, dict):
         raise RecipeError([Problem(source, "", "a recipe must be a mapping of keys to values")])
+    absolute_paths(data, path.parent)
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
@@ -148,6 +183,7 @@ def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, Pr
             parent = key.rsplit(".", 1)[0]
             for stale in [k for k in merged_prov if k.startswith(parent + ".")]:
                 del merged_prov[stale]
+    merged = switch_source(merged, data, merged_prov)
     merged_prov.update({k: v for k, v in prov.items() if not k.startswith("_base_")})
     return deep_merge(merged, data), merged_prov
 
@@ -172,6 +208,7 @@ def apply_override(data: dict, prov: Provenance, assignment: str) -> None:
                                        f"'{parts[depth + 1]}' inside it")])
         node = child
     node[parts[-1]] = value
+    absolute_paths(data, Path.cwd(), only=key)  # a path given on the command line
     for k in [k for k in prov if k == key or k.startswith(key + ".")]:
         del prov[k]
     prov[key] = where

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from vlp.data.batch import Batch
 from vlp.data.sample import Pair
-from vlp.data.tokenize import TokenIds
+from vlp.data.tokenize import BERT_SPECIALS, SpecialTokens, TokenIds
 
 
 def text_hash(text: str) -> int:
@@ -19,13 +19,18 @@ def text_hash(text: str) -> int:
 
 
 class Collator:
-    """Picklable collate function for DataLoader workers; pads to the longest report."""
+    """Picklable collate function for DataLoader workers; pads to the longest report.
 
-    def __init__(self, tokenizer: Tokenizer, max_len: int):
+    Truncation stops at `max_len` or the tokenizer's own limit, whichever is shorter; padding
+    uses the tokenizer's pad token and side."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int,
+                 special: SpecialTokens = BERT_SPECIALS):
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
-        ids = TokenIds.of(self.tokenizer)
-        self.tokenizer.enable_truncation(max_len)
-        self.tokenizer.enable_padding(pad_id=ids.pad, pad_token="[PAD]")
+        ids = TokenIds.of(self.tokenizer, special)
+        self.tokenizer.enable_truncation(min(max_len, special.max_length or max_len))
+        self.tokenizer.enable_padding(direction=special.padding_side, pad_id=ids.pad,
+                                      pad_token=special.pad)
 
     def __call__(self, pairs: list[Pair]) -> Batch:
         encodings = self.tokenizer.encode_batch([p.text for p in pairs])

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from vlp.data.collate import Collator
@@ -53,14 +54,33 @@ class Replacing(Dataset):
                         f"{faults[-1].source}: data row {faults[-1].row}: {faults[-1].detail})")
 
 
+class Skipping(Dataset):
+    """Items of `dataset` with each unreadable one left out (None): for held-out sets, where a
+    replacement would count one pair twice. Yields (pair or None, faults)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Pair | None, tuple[Fault, ...]]:
+        try:
+            return self.dataset[index], ()
+        except UnreadableSample as exc:
+            return None, (Fault(exc.source, exc.row, exc.reason, exc.detail),)
+
+
 class FaultCollator:
-    """Collates the pairs and passes the faults beside the batch (out of loader workers)."""
+    """Collates the pairs (None: left out; no pair left: no batch) and passes the faults beside
+    the batch, out of loader workers."""
 
     def __init__(self, collate: Collator):
         self.collate = collate
 
-    def __call__(self, items: list[tuple[Pair, tuple[Fault, ...]]]):
-        return self.collate([pair for pair, _ in items]), [f for _, fs in items for f in fs]
+    def __call__(self, items: list[tuple[Pair | None, tuple[Fault, ...]]]):
+        pairs = [pair for pair, _ in items if pair is not None]
+        return (self.collate(pairs) if pairs else None), [f for _, fs in items for f in fs]
 
 
 class FaultLog:
@@ -93,7 +113,8 @@ class FaultLog:
 
 
 class FaultCountingLoader:
-    """Iterates a DataLoader over `Replacing` items, yielding batches and logging faults."""
+    """Iterates a DataLoader over `Replacing` or `Skipping` items: yields the batches, logs the
+    faults."""
 
     def __init__(self, loader: DataLoader, log: FaultLog):
         self.loader, self.faults = loader, log
@@ -102,7 +123,8 @@ class FaultCountingLoader:
         for batch, faults in self.loader:
             if faults:
                 self.faults.add(faults)
-            yield batch
+            if batch is not None:
+                yield batch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -110,8 +132,6 @@ class FaultCountingLoader:
 
 def all_faults(log: FaultLog) -> FaultLog:
     """The faults every rank met (each rank draws its own share of the batches)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return log
     states: list[Any] = [None] * dist.get_world_size()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from vlp.data.images import DecodeError, check_image, load_image
 from vlp.data.sample import DataError, Pair, UnreadableSample
 
 FORMATS = ("csv", "tsv", "jsonl")
@@ -25,8 +25,6 @@ REASONS = ("missing_image", "unreadable_image", "empty_text", "malformed_row")
 MAX_BAD_ROWS = 100
 _SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
                   ".ndjson": "jsonl"}
-_HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I": 65535.0,
-                     "F": 1.0}  # single-channel modes that "L" would clip, and their white
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,7 @@ class _Entry:
     image: Path
     text: str
     sample_id: int
+    group: str | None = None  # patient or study the row belongs to
 
 
 class _BadRow(Exception):
@@ -149,7 +148,8 @@ def _read_manifest(path: Path, fmt: str) -> tuple[list[str], list[_Record]]:
 
 
 def manifest_problems(path: Path, fmt: str | None, image_column: str, text_column: str,
-                      id_column: str | None) -> list[tuple[str | None, str]]:
+                      id_column: str | None, group_column: str | None = None
+                      ) -> list[tuple[str | None, str]]:
     """What a recipe check can find without opening an image: (recipe key under `data.`, or
     None for the file's own key; reason) for unknown columns and a manifest without rows."""
     try:
@@ -160,34 +160,19 @@ def manifest_problems(path: Path, fmt: str | None, image_column: str, text_colum
     problems: list[tuple[str | None, str]] = [
         (key, f"{path} has no column {name!r} (columns found: {found})")
         for key, name in (("image_column", image_column), ("text_column", text_column),
-                          ("id_column", id_column)) if name is not None and name not in columns]
+                          ("id_column", id_column), ("group_column", group_column))
+        if name is not None and name not in columns]
     if not records:
         problems.append((None, f"{path} holds no data rows"))
     return problems
 
 
 def _check_image(path: Path) -> None:
-    if not path.is_file():
-        raise _BadRow("missing_image", f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises assorted types (OSError, SyntaxError, ...) on bad files
-        raise _BadRow("unreadable_image", f"cannot read image {path}: {exc}") from exc
-
-
-def _load_image(path: Path, in_chans: int, size: int) -> np.ndarray:
-    """(C, size, size) float32 in [0, 1]; 16-bit greyscale keeps its full range."""
-    with Image.open(path) as im:
-        if im.mode in _HIGH_DEPTH_SCALE:
-            grey = np.asarray(im, dtype=np.float32) / _HIGH_DEPTH_SCALE[im.mode]
-            resized = Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)[None]
-            return np.repeat(arr, in_chans, axis=0)
-        converted = im.convert("L" if in_chans == 1 else "RGB")
-        resized = converted.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(resized, dtype=np.float32) / 255.0
-        return arr[None] if in_chans == 1 else arr.transpose(2, 0, 1)
+        check_image(path)
+    except DecodeError as exc:  # no pixel data, unsupported compression, ... are unreadable
+        reason = "missing_image" if exc.reason == "missing_image" else "unreadable_image"
+        raise _BadRow(reason, str(exc)) from exc
 
 
 class ManifestDataset(Dataset[Pair]):
@@ -201,7 +186,7 @@ class ManifestDataset(Dataset[Pair]):
     def __init__(self, path: str | Path, image_root: str | Path | None = None,
                  image_column: str = "image", text_column: str = "text",
                  id_column: str | None = None, image_size: int = 224, in_chans: int = 1,
-                 strict: bool = False, fmt: str | None = None):
+                 strict: bool = False, fmt: str | None = None, group_column: str | None = None):
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
         if image_size < 1:
@@ -210,6 +195,7 @@ class ManifestDataset(Dataset[Pair]):
         self.format = infer_format(self.path, fmt)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.image_column, self.text_column, self.id_column = image_column, text_column, id_column
+        self.group_column = group_column
         self.image_size, self.in_chans, self.strict = image_size, in_chans, strict
         columns, records = _read_manifest(self.path, self.format)
         self._check_columns(columns)
@@ -224,11 +210,11 @@ class ManifestDataset(Dataset[Pair]):
             except _BadRow as bad:
                 self._reject(record, bad)
         self.texts: list[str] = [e.text for e in self._entries]
+        self.groups: list[str | None] = [e.group for e in self._entries]
 
     def _check_columns(self, columns: list[str]) -> None:
         wanted = [self.image_column, self.text_column]
-        if self.id_column is not None:
-            wanted.append(self.id_column)
+        wanted += [c for c in (self.id_column, self.group_column) if c is not None]
         missing = [name for name in wanted if name not in columns]
         if missing:
             found = ", ".join(repr(c) for c in columns) or "none"
@@ -257,13 +243,19 @@ class ManifestDataset(Dataset[Pair]):
             if raw_id is None or str(raw_id).strip() == "":
                 raise _BadRow("malformed_row", f"empty {self.id_column!r}")
             sample_id = stable_id(raw_id.strip() if isinstance(raw_id, str) else raw_id)
+        group = None
+        if self.group_column is not None:
+            raw_group = self._field(record.values, self.group_column)
+            if raw_group is None or str(raw_group).strip() == "":
+                raise _BadRow("malformed_row", f"empty {self.group_column!r}")
+            group = str(raw_group).strip()
         if text is None or not text.strip():
             raise _BadRow("empty_text", "empty report text")
         if not image.strip():
             raise _BadRow("missing_image", "empty image path")
         image_path = self.image_root / image.strip()  # an absolute path replaces the root
         _check_image(image_path)
-        return _Entry(record.row, image_path, text, sample_id)
+        return _Entry(record.row, image_path, text, sample_id, group)
 
     def _reject(self, record: _Record, bad: _BadRow) -> None:
         if self.strict:
@@ -276,16 +268,19 @@ class ManifestDataset(Dataset[Pair]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entry(self, index: int) -> _Entry:
+        """The checked row behind item `index` (its image path, report and id)."""
+        return self._entries[index]
+
     def __getitem__(self, index: int) -> Pair:
         entry = self._entries[index]
         try:
-            image = _load_image(entry.image, self.in_chans, self.image_size)
-        except FileNotFoundError as exc:  # removed after the construction-time check
-            raise UnreadableSample(str(self.path), entry.row, "missing_image",
-                                   f"image file not found: {entry.image}") from exc
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or undecodable
-            raise UnreadableSample(str(self.path), entry.row, "unreadable_image",
-                                   f"cannot decode image {entry.image}: {exc}") from exc
+            image = load_image(entry.image, self.in_chans, self.image_size)
+        except DecodeError as exc:  # removed, truncated or undecodable after the check: the
+            # loader replaces the row and counts it by the decoder's reason (no_pixel_data, ...)
+            detail = (f"image file not found: {entry.image}" if exc.reason == "missing_image"
+                      else f"cannot decode image {entry.image}: {exc.detail}")
+            raise UnreadableSample(str(self.path), entry.row, exc.reason, detail) from exc
         return Pair(image=torch.from_numpy(np.ascontiguousarray(image)), text=entry.text,
                     sample_id=entry.sample_id)
 
@@ -307,7 +302,29 @@ def read_rows(path: Path, fmt: str | None = None
     return columns, [(r.row, r.line, r.values, r.problem) for r in records]
 
 
-# For other readers of image files (downstream task manifests): the same checks and loading.
+# For other readers of image files (downstream task manifests): the same row check.
 BadRow = _BadRow
-check_image = _check_image
-load_image = _load_image
+check_row_image = _check_image  # raises BadRow(missing_image | unreadable_image)
+
+def split_groups(groups: list[str], val_fraction: float, seed: int
+                 ) -> tuple[list[int], list[int]]:
+    """(train, val) indices where every group (patient, study) lies on one side only.
+
+    Groups are drawn in a seeded random order into the held-out side until it holds about
+    `val_fraction` of the rows; both sides non-empty when there are at least two groups.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    names = sorted(members)
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(len(names))
+    target = len(groups) * val_fraction
+    held: list[int] = []
+    for taken, position in enumerate(order):
+        if held and (len(held) >= target or taken == len(names) - 1):
+            break
+        held.extend(members[names[position]])
+    held_set = set(held)
+    return [i for i in range(len(groups)) if i not in held_set], sorted(held)

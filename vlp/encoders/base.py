@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+from tokenizers import Tokenizer
 from torch import nn
 
+from vlp.data.tokenize import SpecialTokens
 from vlp.plugins.base import Params, Plugin
 
 
@@ -47,9 +49,19 @@ class TextEncoder(nn.Module, Plugin):
         super().__init__()
         self.params = params
 
+    @classmethod
+    def pretrained_tokenizer(cls, params: Params) -> tuple[Tokenizer, SpecialTokens] | None:
+        """The tokenizer this encoder was pretrained with, replacing the trained one; None if
+        the encoder is trained from scratch on vlp's own tokenizer."""
+        return None
+
+    def pretrained_mlm_head(self) -> nn.Module | None:
+        """The checkpoint's masked-language-model head (tokens -> vocabulary logits), if any."""
+        return None
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                 ) -> torch.Tensor:  # pragma: no cover - abstract
-        """(B, T) ids and bool mask -> (B, T, width); position 0 is the [CLS] summary."""
+        """(B, T) ids and bool mask -> (B, T, width); the first real token is the summary."""
         raise NotImplementedError
 
 

@@ -18,11 +18,17 @@ class BertEncoder(TextEncoder):
 
     class Params(Params):
         layers: int = Field(12, gt=0)
+        """Transformer layers."""
         width: int = Field(768, gt=0)
+        """Hidden width."""
         heads: int = Field(12, gt=0)
+        """Attention heads (must divide width)."""
         mlp_ratio: float = Field(4.0, gt=0)
+        """MLP hidden width as a multiple of width."""
         dropout: float = Field(0.0, ge=0, lt=1)
+        """Dropout in attention and MLP."""
         pool: Literal["cls", "mean"] = "cls"  # summary: [CLS] token or mean of real tokens
+        """Summary of a report: the [CLS] token or the mean of its real tokens."""
 
         @model_validator(mode="after")
         def _heads_divide_width(self):

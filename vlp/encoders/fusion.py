@@ -21,11 +21,17 @@ class CrossAttentionFusion(Fusion):
 
     class Params(Params):
         layers: int = Field(2, gt=0)
+        """Fusion layers."""
         width: int | None = Field(None, gt=0)  # default: the text encoder's width
+        """Fusion width (default: the text encoder's width)."""
         heads: int = Field(4, gt=0)
+        """Attention heads (must divide width)."""
         mlp_ratio: float = Field(4.0, gt=0)
+        """MLP hidden width as a multiple of width."""
         dropout: float = Field(0.0, ge=0, lt=1)
+        """Dropout in attention and MLP."""
         bidirectional: bool = False
+        """The image stream also attends to the report in every layer (co-attention)."""
 
         @model_validator(mode="after")
         def _heads_divide_width(self):

@@ -30,8 +30,11 @@ class MemoryFusion(CrossAttentionFusion):
 
     class Params(CrossAttentionFusion.Params):
         slots: int = Field(2048, gt=0)
+        """Slots of the learnable memory."""
         topk: int = Field(32, gt=0)
+        """Memory slots each image token reads (top-k sparse attention)."""
         memory_heads: int = Field(1, gt=0)
+        """Attention heads of the memory read."""
 
         @model_validator(mode="after")
         def _topk_within_slots(self):

@@ -77,15 +77,24 @@ class Augment(Masker):
 
     class Params(Params):
         policy: Literal["medical", "natural"] = "medical"
+        """Default augmentations: 'medical' (mild, no colour) or 'natural' (SimSiam's)."""
         crop_scale: tuple[Annotated[float, Field(gt=0, le=1)],
                           Annotated[float, Field(gt=0, le=1)]] | None = None  # None: policy's
+        """Range of the random crop's area fraction (None: the policy's)."""
         max_rotation: float | None = Field(None, ge=0, le=180)
+        """Largest rotation in degrees (None: the policy's)."""
         hflip_prob: float | None = Field(None, ge=0, le=1)
+        """Probability of a horizontal flip (None: the policy's)."""
         brightness: float | None = Field(None, ge=0, lt=1)
+        """Brightness jitter strength (None: the policy's)."""
         contrast: float | None = Field(None, ge=0, lt=1)
+        """Contrast jitter strength (None: the policy's)."""
         gamma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+        """Range of the random gamma correction (None: the policy's)."""
         color_jitter: float | None = Field(None, ge=0, lt=1)
+        """Colour jitter strength: a random per-channel scale (None: the policy's)."""
         grayscale_prob: float | None = Field(None, ge=0, le=1)
+        """Probability of converting to greyscale (None: the policy's)."""
 
     def settings(self) -> dict[str, object]:
         """The policy's values with the recipe's explicit overrides applied."""

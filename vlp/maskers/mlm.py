@@ -88,9 +88,13 @@ class MLMTokens(Masker):
 
     class Params(Params):
         ratio: float = Field(0.15, gt=0, lt=1)
+        """Fraction of report tokens selected for prediction."""
         whole_word: bool = True
+        """Select whole words (all their subword tokens) together."""
         mask_prob: float = Field(0.8, ge=0, le=1)
+        """Of the selected tokens, the fraction replaced by [MASK]."""
         random_prob: float = Field(0.1, ge=0, le=1)
+        """Of the selected tokens, the fraction replaced by a random token."""
 
         @model_validator(mode="after")
         def _probabilities(self):

@@ -50,7 +50,9 @@ class Paired(Masker):
 
     class Params(Params):
         image: dict[str, Any] = {"masker": "random_patches", "ratio": 0.75}
+        """Image masker and its parameters, e.g. {masker: random_patches, ratio: 0.75}."""
         text: dict[str, Any] = {"masker": "mlm_tokens", "ratio": 0.15}
+        """Text masker and its parameters, e.g. {masker: mlm_tokens, ratio: 0.15}."""
 
         @model_validator(mode="after")
         def _parts_are_valid(self):

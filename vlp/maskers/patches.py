@@ -41,6 +41,7 @@ class RandomPatches(Masker):
 
     class Params(Params):
         ratio: float = Field(0.5, gt=0, lt=1)
+        """Fraction of image patches hidden."""
 
     def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
         pixels = step.batch.image
@@ -99,9 +100,13 @@ class BlockPatches(Masker):
 
     class Params(Params):
         ratio: float = Field(0.4, gt=0, lt=1)
+        """Fraction of image patches hidden."""
         min_block: int = Field(4, ge=1)
+        """Smallest block, in patches."""
         aspect: float = Field(0.3, gt=0, le=1)
+        """Smallest aspect ratio of a block (and 1/aspect the largest)."""
         max_blocks: int = Field(32, ge=1)
+        """Most blocks drawn per image."""
 
     def __call__(self, step: Step, generator: torch.Generator) -> ViewOutput:
         pixels = step.batch.image

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -21,13 +21,17 @@ class Needs:
 
     `image_views`/`text_views` map a parameter name to the view it names; `fusion` says the
     objective reads fused features (so the recipe must define `model.fusion`); `masked` names
-    the parameters whose view must be masked (MIM, MLM).
+    the parameters whose view must be masked (MIM, MLM). `embeddings` says how it uses the
+    shared image/text projections (`Step.image_embedding`): "train" (with gradient; the
+    default, so an undeclared reader keeps them trainable), "read" (without gradient, e.g. to
+    rank hard negatives: some other objective must train them) or "none".
     """
 
     image_views: dict[str, str] = field(default_factory=dict)
     text_views: dict[str, str] = field(default_factory=dict)
     fusion: bool = False
     masked: frozenset[str] = frozenset()  # parameter names whose view must be a masked one
+    embeddings: Literal["train", "read", "none"] = "train"
 
 
 @dataclass
@@ -59,4 +63,9 @@ class Objective(nn.Module, Plugin):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Called after each optimiser step, e.g. to clamp a learnable temperature in place."""
+        """Called after each optimiser step: clamps every learnable temperature it holds."""
+        from vlp.objectives.temperature import LearnableTemperature
+
+        for module in self.modules():
+            if isinstance(module, LearnableTemperature):
+                module.clamp_()

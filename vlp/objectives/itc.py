@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from vlp.core import distributed as D
+from vlp.core.ops import fp32
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
+from vlp.objectives.temperature import LearnableTemperature
 from vlp.plugins.base import Params
 
 if TYPE_CHECKING:
@@ -33,13 +33,17 @@ def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
              logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over all pairs of the (global) batch; row i of each input is a pair.
 
-    Inputs are L2-normalised (B, D); `logit_scale` is the log of the inverse temperature. Under
+    Inputs are L2-normalised (B, D); `logit_scale` is the log of the inverse temperature. The
+    similarities are computed in fp32 even under autocast (bf16 would round them). Under
     DDP each rank scores its own rows against every rank's rows (features gathered with
     gradient, "local loss"), which gives the exact global loss at O(B * N) memory.
     """
+    image_emb, text_emb = image_emb.float(), text_emb.float()
     all_image, all_text = D.gather_with_grad(image_emb), D.gather_with_grad(text_emb)
-    scale = logit_scale.exp()
-    return symmetric_cross_entropy(scale * image_emb @ all_text.T, scale * text_emb @ all_image.T)
+    scale = logit_scale.float().exp()
+    with fp32(image_emb):
+        return symmetric_cross_entropy(scale * image_emb @ all_text.T,
+                                       scale * text_emb @ all_image.T)
 
 
 class ITC(Objective):
@@ -49,25 +53,24 @@ class ITC(Objective):
 
     class Params(Params):
         image_view: str = "image"
+        """Image view to contrast (e.g. a masked view for FLIP-style ITC)."""
         text_view: str = "text"
+        """Text view to contrast."""
         init_temperature: float = Field(0.07, gt=0)
+        """Initial softmax temperature (learnable)."""
         max_logit_scale: float = Field(100.0, gt=1)  # CLIP clamps exp(scale) at 100
+        """Cap on the learnable logit scale (CLIP clamps exp(scale) at 100)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / params.init_temperature)))
+        self.temperature = LearnableTemperature(params.init_temperature, params.max_logit_scale)
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
         return Needs(image_views={"image_view": params.image_view},
                      text_views={"text_view": params.text_view})
 
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        # clamp the parameter itself (CLIP): a clamp in forward would zero its gradient for good
-        self.logit_scale.clamp_(0, math.log(self.params.max_logit_scale))
-
     def forward(self, step: Step) -> ObjectiveOutput:
         loss = itc_loss(step.image_embedding(self.params.image_view),
-                        step.text_embedding(self.params.text_view), self.logit_scale)
-        return ObjectiveOutput(loss, {"temperature": (-self.logit_scale).exp().detach()})
+                        step.text_embedding(self.params.text_view), self.temperature.log_scale)
+        return ObjectiveOutput(loss, {"temperature": self.temperature.temperature()})

@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from vlp.core import distributed as D
+from vlp.core.ops import fp32
 from vlp.objectives.base import Needs, Objective, ObjectiveOutput
 from vlp.plugins.base import Params
 
@@ -58,10 +59,15 @@ class ITM(Objective):
 
     class Params(Params):
         image_view: str = "image"
+        """Image view of the pairs to classify."""
         text_view: str = "text"
+        """Text view of the pairs to classify."""
         negatives: Literal["hard", "random"] = "hard"
+        """How mismatched pairs are drawn: by similarity (hard) or uniformly (random)."""
         temperature: float = Field(0.07, gt=0)  # sharpness of hard-negative sampling
+        """Sharpness of hard-negative sampling."""
         gather: bool = False  # draw candidates from every rank's batch (DDP)
+        """Draw negatives from every rank's batch under DDP."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -73,7 +79,8 @@ class ITM(Objective):
     @classmethod
     def needs(cls, params: Params) -> Needs:
         return Needs(image_views={"image_view": params.image_view},
-                     text_views={"text_view": params.text_view}, fusion=True)
+                     text_views={"text_view": params.text_view}, fusion=True,
+                     embeddings="read" if params.negatives == "hard" else "none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
         p = self.params
@@ -91,9 +98,10 @@ class ITM(Objective):
         exclude = same_pair_mask(ids, tuple(cands(i) for i in ids))
         hard = p.negatives == "hard"
         if hard:  # similarities of the shared ITC embeddings, no gradient
-            image_emb = step.image_embedding(p.image_view).detach()
-            text_emb = step.text_embedding(p.text_view).detach()
-            sim_i2t, sim_t2i = image_emb @ cands(text_emb).T, text_emb @ cands(image_emb).T
+            image_emb = step.image_embedding(p.image_view).detach().float()
+            text_emb = step.text_embedding(p.text_view).detach().float()
+            with fp32(image_emb):  # bf16 would round near-equal similarities together
+                sim_i2t, sim_t2i = image_emb @ cands(text_emb).T, text_emb @ cands(image_emb).T
         else:
             sim_i2t = sim_t2i = torch.zeros(exclude.shape, device=exclude.device)
         g = step.generator_for(f"itm/{p.image_view}/{p.text_view}")

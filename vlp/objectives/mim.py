@@ -55,14 +55,22 @@ class MIM(Objective):
 
     class Params(Params):
         image_view: str  # a masked image view (random_patches, block_patches or paired)
+        """Masked image view to reconstruct (random_patches, block_patches or paired)."""
         source: Literal["encoder", "fusion"] = "encoder"
+        """Reconstruct from the image encoder's tokens or the fusion's image stream."""
         text_view: str = "text"  # the report the fusion reads, when source is fusion
+        """Report the fusion reads, when source is fusion."""
         fusion_layer: int = -1  # which fusion layer's image stream (-1: the fusion's output;
+        """Fusion layer whose image stream is decoded (-1: the fusion's output)."""
         # report-aware only with a bidirectional fusion, which updates the image per layer)
         decoder_width: int = Field(128, gt=0)
+        """Width of the light reconstruction decoder."""
         decoder_depth: int = Field(2, gt=0)
+        """Transformer layers of the decoder."""
         decoder_heads: int = Field(4, gt=0)
+        """Attention heads of the decoder."""
         norm_pix: bool = True
+        """Reconstruct per-patch normalised pixels (MAE's norm_pix_loss)."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -95,7 +103,7 @@ class MIM(Objective):
         fused = params.source == "fusion"
         return Needs(image_views={"image_view": params.image_view},
                      text_views={"text_view": params.text_view} if fused else {}, fusion=fused,
-                     masked=frozenset({"image_view"}))
+                     masked=frozenset({"image_view"}), embeddings="none")
 
     def image_tokens(self, step: Step) -> tuple[torch.Tensor, int]:
         """(prefix + kept patch tokens, number of prefix tokens) from the chosen source."""

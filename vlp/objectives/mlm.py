@@ -37,21 +37,26 @@ class MLM(Objective):
 
     class Params(Params):
         text_view: str  # a masked text view (e.g. from the mlm_tokens masker)
+        """Masked text view to predict (e.g. from the mlm_tokens masker)."""
         fused: bool = False
+        """Predict from image-conditioned (fused) report tokens instead of the text encoder's."""
         image_view: str = "image"  # the image the report is conditioned on, when fused
+        """Image the report is conditioned on, when fused."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
         width = ctx.fusion_width if params.fused else ctx.text_width
         if width is None:
             raise ValueError("fused MLM needs a fusion module")
-        self.head = MLMHead(width, ctx.tokens.vocab_size)
+        pretrained = ctx.text_mlm_head  # a pretrained text encoder's head, where widths match
+        self.head = (pretrained if pretrained is not None and width == ctx.text_width
+                     else MLMHead(width, ctx.tokens.vocab_size))
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
         image = {"image_view": params.image_view} if params.fused else {}
         return Needs(image_views=image, text_views={"text_view": params.text_view},
-                     fusion=params.fused, masked=frozenset({"text_view"}))
+                     fusion=params.fused, masked=frozenset({"text_view"}), embeddings="none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
         p = self.params

@@ -44,9 +44,13 @@ class SimSiam(Objective):
 
     class Params(Params):
         view_1: str = "image_aug1"
+        """First augmented image view."""
         view_2: str = "image_aug2"
+        """Second augmented image view."""
         dim: int = Field(2048, gt=0)
+        """Width of the projection MLP's output."""
         pred_dim: int = Field(512, gt=0)
+        """Hidden width of the predictor MLP."""
 
     def __init__(self, params: Params, ctx: BuildContext):
         super().__init__(params, ctx)
@@ -55,7 +59,8 @@ class SimSiam(Objective):
 
     @classmethod
     def needs(cls, params: Params) -> Needs:
-        return Needs(image_views={"view_1": params.view_1, "view_2": params.view_2})
+        return Needs(image_views={"view_1": params.view_1, "view_2": params.view_2},
+                     embeddings="none")
 
     def forward(self, step: Step) -> ObjectiveOutput:
         z1 = self.projector(step.image(self.params.view_1).pooled)

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict
 class Params(BaseModel):
     """Base for plugin parameters: unknown keys are errors and values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # a docstring under a field is its description (`vlp plugins NAME`, docs/plugins.md)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 class Plugin:

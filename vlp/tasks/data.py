@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from vlp.data.demo import DemoDataset
 from vlp.data.demo_tasks import FINDING_LABELS, demo_questions, finding_labels, task_split
-from vlp.data.manifest import BadRow, check_image, load_image, read_rows, split_indices
+from vlp.data.images import load_image
+from vlp.data.manifest import BadRow, check_row_image, read_rows, split_indices
 from vlp.data.sample import DataError, Pair
 from vlp.plugins.base import Params
 
@@ -282,7 +283,7 @@ def _read_class_file(data: ManifestClassData, path: Path, image_size: int, chann
             if not isinstance(image, str) or not image.strip():
                 raise BadRow("missing_image", "empty image path")
             label = _label_vector(values, data)
-            check_image(root / image.strip())
+            check_row_image(root / image.strip())
         except BadRow as exc:
             bad.add(path, row, exc.reason)
             continue
@@ -414,7 +415,7 @@ def _read_vqa_file(data: ManifestVQAData, path: Path, image_size: int, channels:
                 raise BadRow("empty_answer", "empty answer")
             if kind not in ("open", "closed"):
                 raise BadRow("bad_answer_type", f"answer type {kind!r} (open or closed)")
-            check_image(root / image.strip())
+            check_row_image(root / image.strip())
         except BadRow as exc:
             bad.add(path, row, exc.reason)
             continue
