@@ -16,7 +16,7 @@ from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
 from vlp.data.demo import demo_reports
 from vlp.data.tokenize import train_tokenizer
-from vlp.eval.evaluate import evaluate_tasks, retrieval_of_run
+from vlp.eval.evaluate import retrieval_of_run
 
 
 def losses(run: Path) -> list[dict[str, float]]:
@@ -56,7 +56,7 @@ def test_resume_gives_identical_losses(recipe_path, tmp_path):
 
 def test_checkpoint_loads_without_pickle(recipe_path, tmp_path):
     result = train(load_recipe(recipe_path, ["trainer.max_steps=2"]), out=tmp_path / "r",
-                   evaluate=evaluate_tasks)
+                   evaluate=retrieval_of_run)
     ckpt = result.run_dir / "checkpoints" / (result.run_dir / "checkpoints" / "latest").read_text()
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert state["step"] == 2 and "optimizer" in state
@@ -64,10 +64,9 @@ def test_checkpoint_loads_without_pickle(recipe_path, tmp_path):
     assert not list((result.run_dir / "checkpoints").glob(".tmp*"))
     # vlp eval rebuilds the run from its folder and reproduces the end-of-training figures
     assert main(["eval", str(result.run_dir)]) == 0
-    again = json.loads((result.run_dir / "eval" / "retrieval.json").read_text())
-    assert again["metrics"] == result.evaluation["results"]["retrieval"]["metrics"]
-    assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"} <= set(
-        again["metrics"])
+    again = json.loads((result.run_dir / "retrieval.json").read_text())
+    assert again == result.retrieval
+    assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "n"} <= set(again)
     assert again["n"] == 16
 
 
@@ -135,12 +134,12 @@ def test_torchrun_two_ranks_train_and_tensorboard(write_recipe, tmp_path):
     out = tmp_path / "ddp_run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29531", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
+         "--standalone", "-m", "vlp.cli", "train", str(path), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in losses(out)] == [1, 2]
     assert (out / "checkpoints" / "latest").read_text() == "step_0000002"
-    assert json.loads((out / "eval" / "retrieval.json").read_text())["n"] == 16
+    assert json.loads((out / "retrieval.json").read_text())["n"] == 16
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -249,3 +248,18 @@ def test_grad_accum_draws_new_masks_per_micro_batch_and_resumes_exactly(accumula
     train(recipe, out=tmp_path / "split", resume="latest")
     assert torch.equal(torch.stack(drawn[:8]), torch.stack(drawn[8:]))
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+
+
+def test_stop_after_not_past_the_resumed_step_changes_nothing(recipe_path, tmp_path, capsys):
+    from vlp.cli import train_main
+
+    out = tmp_path / "run"
+    assert train_main([str(recipe_path), "--out", str(out), "--stop-after", "3"]) == 0
+    summary = (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert train_main([str(recipe_path), "--out", str(out), "--resume", "latest",
+                       "--stop-after", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--stop-after 2: the run in" in err and "already at step 3" in err
+    assert "Traceback" not in err
+    assert (out / "summary.json").read_text() == summary

@@ -113,8 +113,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(metrics, indent=2), flush=True)
     if args.data is not None:
         return 0
-    # and the recipe's downstream tasks again, their table on stderr
-    summary = evaluate_run_tasks(args.run_dir, args.checkpoint, args.device)
+    with phases_to(sys.stderr):  # and the recipe's downstream tasks again, table on stderr
+        summary = evaluate_run_tasks(args.run_dir, args.checkpoint, args.device)
     return EXIT_BAD_INPUT if _print_evaluation(summary, sys.stderr) else 0
 
 
