@@ -53,7 +53,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    evaluate=None if args.no_eval else retrieval_of_run)
     if D.rank() == 0:
         print(final_report(result.summary), flush=True)
+        if not args.no_eval and result.steps >= recipe.spec.trainer.max_steps:
+            from vlp.eval.evaluate import evaluate_run_tasks
+
+            # the recipe's downstream tasks, on the finished run rebuilt from its folder
+            _print_evaluation(evaluate_run_tasks(result.run_dir, device=recipe.spec.trainer.device))
     return 0
+
+
+def _print_evaluation(summary: dict, file=None) -> list[str]:
+    """Print the downstream table; return the names of tasks that failed (and say why)."""
+    from vlp.eval.runner import table
+
+    print(f"downstream tasks (details in {Path(summary['run']) / 'eval'}):", file=file)
+    print(table(summary), file=file, flush=True)
+    failed = [name for name, r in summary["results"].items() if "error" in r]
+    for name in failed:
+        print(f"error: task '{name}': {summary['results'][name]['error']}", file=sys.stderr)
+    return failed
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -86,11 +103,29 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vlp.core.progress import phases_to
-    from vlp.eval.evaluate import evaluate_run
+    from vlp.eval.evaluate import evaluate_run, evaluate_run_tasks
 
+    if args.tasks is not None:  # another task list: its table is the result
+        summary = evaluate_run_tasks(args.run_dir, args.checkpoint, args.device, args.tasks)
+        return EXIT_BAD_INPUT if _print_evaluation(summary) else 0
     with phases_to(sys.stderr):  # stdout is the result
         metrics = evaluate_run(args.run_dir, args.checkpoint, args.device, args.data)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2), flush=True)
+    if args.data is not None:
+        return 0
+    with phases_to(sys.stderr):  # and the recipe's downstream tasks again, table on stderr
+        summary = evaluate_run_tasks(args.run_dir, args.checkpoint, args.device)
+    return EXIT_BAD_INPUT if _print_evaluation(summary, sys.stderr) else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from vlp.eval.compare import compare
+
+    markdown, files, skipped = compare(args.runs, args.out)
+    print(markdown, end="")
+    print("wrote " + ", ".join(str(f) for f in files))
+    if skipped:
+        print(skipped, file=sys.stderr)
     return 0
 
 
@@ -200,7 +235,7 @@ def _main_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--markdown", action="store_true",
                          help="print docs/plugins.md (every built-in plugin's parameters)")
     plugins.set_defaults(func=_cmd_plugins)
-    ev = sub.add_parser("eval", help="held-out retrieval of a run folder")
+    ev = sub.add_parser("eval", help="held-out retrieval and the downstream tasks of a run folder")
     ev.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
     ev.add_argument("--checkpoint", default="latest",
                     help="'latest', 'best', a step folder name (step_0000400) or a path")
@@ -208,7 +243,14 @@ def _main_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=Path, metavar="MANIFEST",
                     help="evaluate on this manifest (a separate test set, read with the run's "
                          "data settings) instead of the run's held-out split")
+    ev.add_argument("--tasks", type=Path, metavar="FILE.yaml",
+                    help="run this task file (an eval: section on its own) instead")
     ev.set_defaults(func=_cmd_eval)
+    cmp = sub.add_parser("compare", help="one table of several runs' downstream results")
+    cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", type=Path, default=Path("comparison"),
+                     help="folder for comparison.md/.csv and the PNG plots (default comparison/)")
+    cmp.set_defaults(func=_cmd_compare)
     ex = sub.add_parser("export", help="write a run's encoders for timm, transformers or open_clip")
     ex.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
     ex.add_argument("out", type=Path, help="folder to write the export to")
@@ -248,7 +290,8 @@ def _run(func, args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     except RecipeError as exc:
-        print(f"error: {getattr(args, 'recipe', None) or args.run_dir}: {exc}", file=sys.stderr)
+        source = getattr(args, "tasks", None) or getattr(args, "recipe", None) or args.run_dir
+        print(f"error: {source}: {exc}", file=sys.stderr)
     except (UserError, DataError, FileNotFoundError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT

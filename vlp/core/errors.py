@@ -44,6 +44,13 @@ class RecipeError(UserError):
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
+class TaskFileError(RecipeError):
+    """A task file (`vlp eval --tasks`) is invalid; raised before any model is built."""
+
+    def __str__(self) -> str:
+        return "invalid task file" + super().__str__()[len("invalid recipe"):]
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing or does not fit the model of the recipe."""
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from vlp.core.errors import Problem, RecipeError
+from vlp.core.errors import Problem, RecipeError, TaskFileError
 from vlp.core.yamlio import Provenance, apply_override, load_with_bases, where_of
 from vlp.plugins import PluginError
 from vlp.plugins import load as load_plugin
@@ -152,9 +152,22 @@ class TrainerSpec(_Strict):
     best_metric: str = "mean_R"  # held-out metric (higher is better) picking checkpoints/best
 
 
+class TaskSpec(BaseModel):
+    """`{use: plugin?, ...params}`; the key names the task plugin unless `use` does."""
+
+    model_config = ConfigDict(extra="allow")
+    use: str | None = None
+
+
+DEFAULT_TASKS = {"retrieval": {}}  # a recipe without `eval.tasks` runs held-out retrieval
+
+
 class EvalSpec(_Strict):
-    batch_size: int = Field(256, gt=0)
-    ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 5, 10), min_length=1)
+    """The `eval:` section of a recipe, or a task file on its own (`vlp eval --tasks`)."""
+
+    batch_size: int = Field(256, gt=0)  # frozen-feature passes
+    ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 5, 10), min_length=1)  # retrieval
+    tasks: dict[str, TaskSpec] = {name: TaskSpec() for name in DEFAULT_TASKS}  # run in order
 
 
 class RecipeSpec(_Strict):
@@ -192,6 +205,7 @@ class Recipe:
     views: dict[str, Resolved]
     objectives: dict[str, Resolved]  # only those with weight > 0
     provenance: Provenance = field(default_factory=dict, compare=False, repr=False)
+    tasks: dict[str, Resolved] = field(default_factory=dict)  # downstream tasks of `eval:`
 
     def where(self, key: str) -> str:
         """"file:line" (or the --set) where `key` or its closest parent was written."""
@@ -217,7 +231,14 @@ class Recipe:
             entry = {"weight": spec.weight, **({"use": spec.use} if spec.use else {})}
             entry.update(_dump(r.params) if r else (spec.model_extra or {}))
             out["objectives"][name] = entry
+        out["eval"]["tasks"] = tasks_to_dict(self.spec.eval, self.tasks)
         return out
+
+
+def tasks_to_dict(spec: EvalSpec, tasks: dict[str, Resolved]) -> dict[str, Any]:
+    """Resolved task entries (defaults filled in), loadable again."""
+    return {name: {**({"use": spec.tasks[name].use} if spec.tasks[name].use else {}),
+                   **_dump(r.params)} for name, r in tasks.items()}
 
 
 def _dump(params: Params) -> dict[str, Any]:
@@ -457,6 +478,23 @@ def _resolve_plugins(data: dict, valid: dict[str, Any], prov: Provenance, source
     return encoders, views, objectives
 
 
+def resolve_tasks(raw: Any, prefix: str, prov: Provenance, source: str,
+                  problems: list[Problem]) -> dict[str, Resolved]:
+    """Bind each raw task entry (`{use?, ...params}`, keyed by name) to its plugin and validate
+    its Params; `raw` None means the default tasks. Problems are appended."""
+    tasks: dict[str, Resolved] = {}
+    for name, entry in _mapping(DEFAULT_TASKS if raw is None else raw).items():
+        if not isinstance(entry, dict):
+            continue  # the section check reports it
+        key = f"{prefix}.{name}"
+        use = entry.get("use")
+        r = _resolve("task", key, use if isinstance(use, str) else str(name), entry, prov,
+                     source, "use" if use else "", ("use",), problems)
+        if r is not None:
+            tasks[str(name)] = r
+    return tasks
+
+
 def _device_problem(name: str) -> str | None:
     """Why `trainer.device` cannot be used on this machine, or None."""
     import torch
@@ -559,6 +597,8 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     problems: list[Problem] = []
     valid = _check_sections(data, prov, source, problems)
     encoders, views, objectives = _resolve_plugins(data, valid, prov, source, problems)
+    tasks = resolve_tasks(_mapping(data.get("eval")).get("tasks"), "eval.tasks", prov, source,
+                          problems)
     if not objectives and not problems:
         problems.append(Problem(where_of(prov, "objectives", source), "objectives",
                                 "no objective has a weight above 0"))
@@ -572,7 +612,7 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
     image_encoder, text_encoder = encoders["image_encoder"], encoders["text_encoder"]
     assert image_encoder is not None and text_encoder is not None
     recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,
-                    objectives, prov)
+                    objectives, prov, tasks)
     from vlp.core.build_check import check_build  # builds VLPModel, which imports this module
 
     check_build(recipe)
@@ -585,3 +625,23 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for assignment in overrides:
         apply_override(data, prov, assignment)
     return validate(data, prov, str(path))
+
+
+def load_task_file(path: str | Path) -> tuple[EvalSpec, dict[str, Resolved]]:
+    """Read and validate a task file: an `eval:` section on its own (`tasks:`, `batch_size:`,
+    `ks:`), with the same FILE:LINE: key: reason problems as a recipe, all at once."""
+    source = str(path)
+    try:
+        data, prov = load_with_bases(Path(path))
+    except RecipeError as exc:  # not YAML, not a mapping, missing
+        raise TaskFileError(exc.problems) from None
+    problems: list[Problem] = []
+    spec = None
+    try:
+        spec = EvalSpec.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, "", prov, source, EvalSpec))
+    tasks = resolve_tasks(data.get("tasks"), "tasks", prov, source, problems)
+    if problems or spec is None:
+        raise TaskFileError(_merge_misspellings(problems))
+    return spec, tasks

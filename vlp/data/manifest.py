@@ -294,6 +294,18 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+def read_rows(path: Path, fmt: str | None = None
+              ) -> tuple[list[str], list[tuple[int, int, dict[str, object] | None, str]]]:
+    """Column names and (row, line, values or None, problem) of any manifest, for other readers
+    (e.g. downstream task files); rows numbered as in ManifestDataset."""
+    columns, records = _read_manifest(path, infer_format(path, fmt))
+    return columns, [(r.row, r.line, r.values, r.problem) for r in records]
+
+
+# For other readers of image files (downstream task manifests): the same row check.
+BadRow = _BadRow
+check_row_image = _check_image  # raises BadRow(missing_image | unreadable_image)
+
 def split_groups(groups: list[str], val_fraction: float, seed: int
                  ) -> tuple[list[int], list[int]]:
     """(train, val) indices where every group (patient, study) lies on one side only.

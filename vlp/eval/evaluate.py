@@ -1,8 +1,10 @@
-"""Held-out retrieval for a model, a built run, or a finished run folder."""
+"""Held-out retrieval for a model, a built run, or a finished run folder; and the recipe's
+downstream tasks (or a task file's) on a built run or a run folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -10,12 +12,14 @@ from torch.utils.data import Dataset
 from vlp.core.checkpoint import write_json
 from vlp.core.model import VLPModel
 from vlp.core.progress import phase
+from vlp.core.recipe import EvalSpec, Resolved, load_task_file
 from vlp.core.run import Run, load_run
 from vlp.core.step import Step
 from vlp.data.collate import Collator
 from vlp.data.loader import eval_loader, manifest_for_run
 from vlp.data.sample import DataError
 from vlp.eval.retrieval import retrieval_metrics
+from vlp.eval.runner import run_tasks
 
 
 @torch.no_grad()
@@ -68,3 +72,19 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "latest", device: str = 
     metrics = retrieval_of_run(run, dataset, out=f"retrieval_{Path(data).stem}.json")
     bad = {k: v for k, v in dataset.skipped.items() if v}
     return {**metrics, **({"skipped_rows": bad} if bad else {})}
+
+
+def evaluate_tasks(run: Run, tasks: tuple[EvalSpec, dict[str, Resolved]] | None = None
+                   ) -> dict[str, Any]:
+    """The recipe's downstream tasks (or `tasks`, e.g. from a task file) on a built run,
+    written to <run>/eval/; returns the summary (also <run>/eval/summary.json)."""
+    spec, resolved = tasks or (run.recipe.spec.eval, run.recipe.tasks)
+    return run_tasks(run, spec, resolved)
+
+
+def evaluate_run_tasks(run_dir: str | Path, checkpoint: str = "latest", device: str = "auto",
+                       tasks_file: str | Path | None = None) -> dict[str, Any]:
+    """Rebuild a run from its folder and run its recipe's tasks, or those of `tasks_file`
+    (validated before anything is built)."""
+    tasks = load_task_file(tasks_file) if tasks_file is not None else None
+    return evaluate_tasks(load_run(Path(run_dir), checkpoint, device), tasks)

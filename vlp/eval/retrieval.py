@@ -36,6 +36,14 @@ def _check(image_emb: Tensor, text_emb: Tensor, ks: Sequence[int]) -> None:
         raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
 
 
+def paired_ranks(image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
+    """0-based rank of each sample's own report among all reports (i2t) and of its own image
+    among all images (t2i), by cosine similarity, ties counted against it."""
+    images = F.normalize(image_emb.detach().double(), dim=1)
+    texts = F.normalize(text_emb.detach().double(), dim=1)
+    return _pair_ranks(images, texts), _pair_ranks(texts, images)
+
+
 def retrieval_metrics(image_emb: Tensor, text_emb: Tensor, ks: Sequence[int] = (1, 5, 10)
                       ) -> dict[str, float]:
     """Recall@k in percent for N pairs (row i of each matrix is a pair), by cosine similarity.
@@ -44,10 +52,8 @@ def retrieval_metrics(image_emb: Tensor, text_emb: Tensor, ks: Sequence[int] = (
     recalls) and ``n`` (int). Ties never favour the correct item.
     """
     _check(image_emb, text_emb, ks)
-    images = F.normalize(image_emb.detach().double(), dim=1)
-    texts = F.normalize(text_emb.detach().double(), dim=1)
     recalls: dict[str, float] = {}
-    for name, ranks in (("i2t", _pair_ranks(images, texts)), ("t2i", _pair_ranks(texts, images))):
+    for name, ranks in zip(("i2t", "t2i"), paired_ranks(image_emb, text_emb)):
         for k in ks:
             recalls[f"{name}_R@{k}"] = 100.0 * (ranks < k).double().mean().item()
     mean = sum(recalls.values()) / len(recalls)

@@ -16,6 +16,7 @@ KINDS: dict[str, str] = {
     "image_encoder": "vlp.image_encoders",
     "text_encoder": "vlp.text_encoders",
     "fusion": "vlp.fusions",
+    "task": "vlp.tasks",
 }
 
 

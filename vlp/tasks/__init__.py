@@ -1,0 +1,2 @@
+"""Downstream task plugins (entry-point group `vlp.tasks`): retrieval, zero-shot, linear probe,
+fine-tuning and VQA."""
