@@ -54,10 +54,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if D.rank() == 0:
         print(final_report(result.summary), flush=True)
         if not args.no_eval and result.steps >= recipe.spec.trainer.max_steps:
-            from vlp.eval.evaluate import evaluate_run_tasks
+            from vlp.eval.evaluate import evaluate_tasks
 
-            # the recipe's downstream tasks, on the finished run rebuilt from its folder
-            _print_evaluation(evaluate_run_tasks(result.run_dir, device=recipe.spec.trainer.device))
+            # the recipe's downstream tasks, on the run as trained: nothing is rebuilt, and the
+            # other ranks, already done, are not waited for
+            _print_evaluation(evaluate_tasks(result.run))
     return 0
 
 

@@ -72,6 +72,7 @@ class TrainResult:
     last_metrics: dict[str, float]
     retrieval: dict[str, float] | None
     summary: dict
+    run: Run  # the trained run as built (its model holds the final weights), for more tasks
 
 
 def step_generator(device: torch.device, seed: int, step: int, micro_batch: int = 0
@@ -394,9 +395,10 @@ def save(training: Training, step: int) -> None:
 
 def finish(training: Training, done: int, last: dict[str, float], evaluate: Evaluator | None,
            held_out: HeldOutTracker | None, train_seconds: float, stopped_by: str | None = None
-           ) -> tuple[dict[str, float] | None, dict]:
+           ) -> tuple[dict[str, float] | None, dict, Run]:
     """After the last step: evaluate on rank 0 (complete runs only) and write summary.json
-    (every run, also with --no-eval, --stop-after or when stopped by a signal)."""
+    (every run, also with --no-eval, --stop-after or when stopped by a signal). Returns the
+    run evaluated (a sharded model's rebuilt from its saved full weights)."""
     result, skipped_because = None, None
     trainer, run = training.trainer, training.run
     faults = all_faults(training.faults)
@@ -423,7 +425,7 @@ def finish(training: Training, done: int, last: dict[str, float], evaluate: Eval
         write_json(training.run_dir / "summary.json", summary)
     if D.is_distributed():
         torch.distributed.barrier()
-    return result, summary
+    return result, summary, run
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -475,6 +477,6 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
     done = max(training.start, training.end)
     window.check_finite(done, training.run_dir)
     save(training, done)
-    result, summary = finish(training, done, last, evaluate, held_out, train_seconds)
+    result, summary, run = finish(training, done, last, evaluate, held_out, train_seconds)
     log.close()  # after finish: the last held-out line goes to the same files
-    return TrainResult(training.run_dir, done, last, result, summary)
+    return TrainResult(training.run_dir, done, last, result, summary, run)
