@@ -248,7 +248,8 @@ def _main_parser() -> argparse.ArgumentParser:
                     help="run this task file (an eval: section on its own) instead")
     ev.set_defaults(func=_cmd_eval)
     cmp = sub.add_parser("compare", help="one table of several runs' downstream results")
-    cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR",
+                     help="run folders to compare, one table row each")
     cmp.add_argument("--out", type=Path, default=Path("comparison"),
                      help="folder for comparison.md/.csv and the PNG plots (default comparison/)")
     cmp.set_defaults(func=_cmd_compare)

@@ -53,13 +53,21 @@ class Finetune(Task):
 
     class Params(Params):
         data: ClassData = DemoClassData()
+        """Classification data: the demo findings or manifest files (source: demo | manifest)."""
         epochs: int = Field(5, gt=0)
+        """Passes over the training split at most."""
         patience: int = Field(2, gt=0)
+        """Epochs without a better validation score before stopping early."""
         batch_size: int = Field(32, gt=0)
+        """Images per fine-tuning step."""
         lr: float = Field(1e-4, gt=0)
+        """AdamW learning rate of the head (and of the top encoder layer)."""
         weight_decay: float = Field(0.05, ge=0)
+        """AdamW weight decay (none on norms and biases)."""
         layer_decay: float | None = Field(None, gt=0, le=1)  # e.g. 0.75; None: off
+        """Layer-wise learning-rate decay per block below the top (e.g. 0.75); unset: off."""
         seed: int = 0
+        """Seed of the head initialisation and the batch order."""
 
     def run(self, ctx: TaskContext) -> TaskResult:
         p = self.params

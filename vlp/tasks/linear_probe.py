@@ -81,14 +81,23 @@ class LinearProbe(Task):
 
     class Params(Params):
         data: ClassData = DemoClassData()
+        """Classification data: the demo findings or manifest files (source: demo | manifest)."""
         fractions: list[float] = Field([1.0], min_length=1)  # of the training split
+        """Label fractions of the training split to train on, e.g. [0.01, 0.1, 1.0]."""
         features: Literal["pooled", "embedding"] = "pooled"  # encoder output or projection
+        """Frozen features: the pooled encoder output or its shared projection."""
         lr: float = Field(1e-2, gt=0)  # on standardised features
+        """AdamW learning rate of the linear layer (on standardised features)."""
         weight_decay: float = Field(1e-4, ge=0)
+        """AdamW weight decay of the linear layer."""
         epochs: int = Field(200, gt=0)
+        """Passes over the cached training features at most."""
         patience: int = Field(20, gt=0)
+        """Epochs without a better validation score before stopping early."""
         batch_size: int = Field(256, gt=0)
+        """Feature rows per step."""
         seed: int = 0
+        """Seed of the label-fraction draw and the batch order."""
 
         @field_validator("fractions")
         @classmethod

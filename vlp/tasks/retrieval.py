@@ -19,6 +19,7 @@ class Retrieval(Task):
 
     class Params(Params):
         ks: tuple[Annotated[int, Field(ge=1)], ...] | None = None  # default: eval.ks
+        """Recall@k cut-offs; unset: the recipe's eval.ks."""
 
     def run(self, ctx: TaskContext) -> TaskResult:
         ks = self.params.ks or ctx.ks

@@ -70,14 +70,22 @@ class VQA(Task):
 
     class Params(Params):
         data: VQAData = DemoVQAData()
+        """VQA data: the demo questions, a table, or VQA-RAD / SLAKE JSON (demo | manifest)."""
         steps: int = Field(300, gt=0)
+        """Fine-tuning steps through the fusion module and the answer head."""
         batch_size: int = Field(32, gt=0)
+        """Questions per step."""
         lr: float = Field(1e-4, gt=0)  # encoders and fusion
+        """AdamW learning rate of the encoders and the fusion module."""
         head_lr_mult: float = Field(10.0, gt=0)  # the freshly initialised head learns faster
+        """Learning-rate multiplier of the freshly initialised answer head."""
         weight_decay: float = Field(0.01, ge=0)
+        """AdamW weight decay."""
         # built fresh (not pre-trained) only when the recipe's model has no fusion module
         fusion: dict[str, Any] = {"name": "cross_attention", "layers": 1, "heads": 2}
+        """Fusion plugin built fresh only when the recipe's model has none (e.g. clip)."""
         seed: int = 0
+        """Seed of the head initialisation and the batch order."""
 
         @field_validator("fusion")
         @classmethod

@@ -65,9 +65,11 @@ class ZeroShot(Task):
 
     class Params(Params):
         data: ClassData = DemoClassData()
-        # single-label: class -> prompts; multi-label: label -> {positive: [...], negative: [...]}
+        """Classification data: the demo findings or manifest files (source: demo | manifest)."""
         prompts: dict[str, list[str] | PromptPair]
+        """Single-label: class -> prompts; multi-label: label -> positive and negative prompts."""
         scale: float = Field(100.0, gt=0)  # multi-label softmax scale (1 / temperature)
+        """Multi-label softmax scale over positive vs negative prompts (1 / temperature)."""
 
         @model_validator(mode="after")
         def _prompts_match_classes(self):
