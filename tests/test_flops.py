@@ -21,8 +21,6 @@ from vlp.core.errors import RecipeError
 from vlp.core.flops import count_flops, step_flops
 from vlp.core.recipe import load_recipe
 from vlp.core.trainer import train
-from vlp.data.demo import demo_reports
-from vlp.data.tokenize import train_tokenizer
 
 # the tiny ITC recipe below: batch, ViT (32 px, patch 8, width 32, 1 block, MLP x4),
 # text (16 tokens, width 32, 1 block, MLP x4), 2 heads, embedding 16
@@ -30,13 +28,11 @@ B, PATCHES, PATCH_PIXELS, WIDTH, HEADS, HIDDEN, TEXT, EMBED = 8, 16, 8 * 8, 32, 
 
 
 @pytest.fixture
-def itc_recipe(write_recipe, tmp_path):
-    tok = tmp_path / "tokenizer.json"  # one vocabulary for every run of a test
-    train_tokenizer(demo_reports(64), vocab_size=300).save(str(tok))
+def itc_recipe(write_recipe, tokenizer_path):
     return write_recipe(f"""
         _base_: tiny_base.yaml
         data: {{max_text_len: {TEXT}}}  # every report is longer: all batches are 16 tokens
-        model: {{tokenizer: {{path: {tok}}}}}
+        model: {{tokenizer: {{path: {tokenizer_path}}}}}
         objectives: {{itc: {{weight: 1.0}}}}
         trainer: {{max_steps: 4, log_every: 1}}
     """)
@@ -186,16 +182,14 @@ def test_flop_budget_plans_steps_and_schedule_and_resumes_without_recounting(
 
 
 @pytest.fixture
-def stochastic(write_recipe, tmp_path):
+def stochastic(write_recipe, tokenizer_path):
     """Dropout, drop-path and random masks: every draw of the global RNG shows in the losses."""
-    tok = tmp_path / "tokenizer.json"
-    train_tokenizer(demo_reports(64), vocab_size=300).save(str(tok))
     return write_recipe(f"""
         _base_: tiny_base.yaml
         model:
           image_encoder: {{drop_path_rate: 0.2}}
           text_encoder: {{dropout: 0.2}}
-          tokenizer: {{path: {tok}}}
+          tokenizer: {{path: {tokenizer_path}}}
         views: {{masked: {{masker: random_patches, ratio: 0.5}}}}
         objectives:
           itc: {{weight: 1.0}}
