@@ -71,8 +71,8 @@ def count_flops(model: nn.Module, device: torch.device, run_step: Callable[[], A
 
 
 def first_batch(run: Run, rank: int, world: int) -> Batch:
-    """This rank's share of step 0's batch, exactly as the training loader draws it (its
-    faults are counted again when training draws it)."""
+    """This rank's share of step 0's batch, exactly as the training loader draws it (rows
+    unreadable here are not logged: training draws the batch again and logs them then)."""
     spec = run.recipe.spec
     loader = train_loader(run.data, run.collate, spec.trainer.batch_size, spec.seed, 0, 1, 0,
                           rank, world, pin=False, faults=FaultLog())
