@@ -37,6 +37,8 @@ def curves(path: Path, prefix: str) -> dict[str, Curve]:
     `prefix` in a metrics.jsonl or gradients.jsonl."""
     found: dict[str, Curve] = {}
     for record in read_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
         for key, value in record.items():
             if key.startswith(prefix) and isinstance(value, (int, float)) and math.isfinite(value):
                 found.setdefault(key[len(prefix):], {})[int(record["step"])] = float(value)
@@ -103,18 +105,21 @@ def downstream(columns: list[str], variants: list[Variant], baseline: Variant, p
     return _save(fig, path)
 
 
-def losses(variants: list[Variant], path: Path) -> Path:
+def losses(variants: list[Variant], path: Path) -> Path | None:
     """One panel per objective, variants as lines (mean over seeds, ± std shaded where n > 1)
     against the step; a second row against training FLOPs (step * flops_per_step) where every
-    run has flops.json: what an equal-compute comparison reads."""
+    run has flops.json: what an equal-compute comparison reads. None when no run logged a
+    loss (no metrics.jsonl)."""
     plt = _pyplot()
     per_run = {v.label: [curves(run / "metrics.jsonl", "loss/") for run in v.runs]
                for v in variants}
     objectives = list(dict.fromkeys(o for runs in per_run.values() for c in runs for o in c))
+    if not objectives:
+        return None
     with_flops = all(v.compute["flops_per_step"].n == len(v.runs) for v in variants)
     xs = [("step", None)] + ([("training FLOPs", "flops_per_step")] if with_flops else [])
-    fig, axes = plt.subplots(len(xs), max(1, len(objectives)),
-                             figsize=(3.8 * max(1, len(objectives)), 3 * len(xs)), squeeze=False)
+    fig, axes = plt.subplots(len(xs), len(objectives), figsize=(3.8 * len(objectives), 3 * len(xs)),
+                             squeeze=False)
     for row, (xlabel, scale_key) in zip(axes, xs):
         for ax, objective in zip(row, objectives):
             for i, variant in enumerate(variants):
@@ -127,18 +132,8 @@ def losses(variants: list[Variant], path: Path) -> Path:
                 if len(seeds) > 1:
                     ax.fill_between(x, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
             ax.set(title=f"loss/{objective}", xlabel=xlabel, ylabel="loss")
-        if objectives:
-            row[0].legend(fontsize=7)
+        row[0].legend(fontsize=7)
     return _save(fig, path)
-
-
-def _pairs(keys: list[str]) -> tuple[list[str], list[str]]:
-    """(objective pairs "a·b", parts) in the order "cos/<a>/<b>/<part>" keys name them."""
-    pairs, parts = {}, {}
-    for key in keys:
-        first, second, part = key.split("/")
-        pairs[f"{first}·{second}"], parts[part] = None, None
-    return list(pairs), list(parts)
 
 
 def gradients(variants: list[Variant], path: Path) -> Path | None:
@@ -168,26 +163,30 @@ def gradients(variants: list[Variant], path: Path) -> Path | None:
                 ax.legend(fontsize=7)
             ax.set(title=f"{label}: |grad| on {part}", xlabel="step")
             ax.title.set_fontsize(8)
-        _cosine_heatmap(row[-1], label, cosines[label])
+        _cosine_heatmap(row[-1], label, cosines[label], parts)
     return _save(fig, path)
 
 
-def _cosine_heatmap(ax: Any, label: str, runs: list[dict[str, Curve]]) -> None:
+def _cosine_heatmap(ax: Any, label: str, runs: list[dict[str, Curve]], parts: list[str]
+                    ) -> None:
+    """Objective pairs x parts: the mean cosine over steps and seeds ("cos/<a>/<b>/<part>";
+    n/a where every value was null, e.g. a part one of the two objectives does not reach)."""
     keys = list(dict.fromkeys(k for c in runs for k in c))
-    if not keys:
+    pairs = list(dict.fromkeys("·".join(k.split("/")[:2]) for k in keys))
+    if not pairs:
         ax.axis("off")
         ax.set_title(f"{label}: one objective, no cosines", fontsize=8)
         return
-    pairs, parts = _pairs(keys)
     grid = np.full((len(pairs), len(parts)), np.nan)
     for key in keys:
         first, second, part = key.split("/")
-        values = [v for c in runs for v in c.get(key, {}).values()]
-        grid[pairs.index(f"{first}·{second}"), parts.index(part)] = np.mean(values)
+        if part in parts:
+            values = [v for c in runs for v in c.get(key, {}).values()]
+            grid[pairs.index(f"{first}·{second}"), parts.index(part)] = np.mean(values)
     ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu", aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                fontsize=7)
     ax.set_xticks(range(len(parts)), parts, fontsize=7)
     ax.set_yticks(range(len(pairs)), pairs, fontsize=7)
     ax.set_title(f"{label}: mean cosine of gradients", fontsize=8)
@@ -195,10 +194,10 @@ def _cosine_heatmap(ax: Any, label: str, runs: list[dict[str, Curve]]) -> None:
 
 def plot_variants(columns: list[str], variants: list[Variant], baseline: Variant, out: Path
                   ) -> list[Path]:
-    """Write the plots under `out`; returns the files written (gradients.png only where runs
-    have gradients.jsonl)."""
-    written = [losses(variants, out / "losses.png")]
-    if columns:
-        written.append(downstream(columns, variants, baseline, out / "downstream.png"))
-    grads = gradients(variants, out / "gradients.png")
-    return written + ([grads] if grads else [])
+    """Write the plots under `out`; returns the files written (losses.png where runs logged
+    losses, downstream.png where there are metrics, gradients.png where runs have
+    gradients.jsonl)."""
+    written = [losses(variants, out / "losses.png"),
+               downstream(columns, variants, baseline, out / "downstream.png") if columns else None,
+               gradients(variants, out / "gradients.png")]
+    return [path for path in written if path is not None]
