@@ -243,8 +243,13 @@ def test_cli_groups_sweep_runs_by_budget_and_variant_and_others_by_recipe(tmp_pa
                 make_run(sweep / budget / variant / f"seed_{seed}",
                          {MEAN_R: value + (budget == "flops")},
                          sweep_run={"budget": budget, "variant": variant, "seed": seed})
+    unfinished = sweep / "steps" / "clip" / "seed_2"  # trained, not yet evaluated
+    unfinished.mkdir()
+    (unfinished / "recipe.yaml").write_text("seed: 2\n")
+    (unfinished / "sweep_run.json").write_text("{}")
     assert main(["compare", str(sweep), "--out", str(tmp_path / "cmp")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"left out {unfinished}: no eval/summary.json" in err
     assert "## budget flops" in out and "## budget steps" in out
     for budget in ("steps", "flops"):
         rows = _table((tmp_path / "cmp" / budget / "results.md").read_text())

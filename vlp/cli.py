@@ -122,11 +122,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from vlp.eval.compare import compare
 
-    markdown, files, skipped = compare(args.runs, args.out, args.baseline)
+    markdown, files, notes = compare(args.runs, args.out, args.baseline)
     print(markdown, end="")
     print("wrote " + ", ".join(str(f) for f in files))
-    if skipped:
-        print(skipped, file=sys.stderr)
+    for note in notes:  # run folders left out, plots skipped
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -266,11 +266,25 @@ def aggregate(groups: dict[str, list[Path]], out: Path, baseline: str | None = N
 # ----------------------------------------------------------------------------- the command
 
 
-def run_folders(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """The run folders named by `paths` (a run folder, or any folder: the run folders under
-    it with eval/summary.json), each once, and the variant order of any sweep.json among them."""
+@dataclass(frozen=True)
+class Found:
+    """What `vlp compare` found under its arguments."""
+
+    runs: list[Path]  # run folders with eval/summary.json, each once
+    order: list[str]  # the variant order of any sweep.json among the arguments
+    unevaluated: list[Path]  # run folders under them that have no eval/summary.json (yet)
+
+
+def _is_run_folder(path: Path) -> bool:
+    return (path / "metrics.jsonl").is_file() or (path / "sweep_run.json").is_file()
+
+
+def run_folders(paths: list[Path]) -> Found:
+    """The run folders `paths` name: a run folder, or any folder, searched for run folders
+    with eval/summary.json (those without are listed, not silently dropped)."""
     runs: dict[Path, None] = {}
     order: dict[str, None] = {}
+    unevaluated: dict[Path, None] = {}
     for path in map(Path, paths):
         if (path / "eval" / "summary.json").is_file():
             runs[path.resolve()] = None
@@ -283,7 +297,10 @@ def run_folders(paths: list[Path]) -> tuple[list[Path], list[str]]:
                             f"(run `vlp eval RUN_DIR` on each first)")
         runs.update(dict.fromkeys(found))
         order.update(dict.fromkeys(variant_order(_optional_json(path / "sweep.json"))))
-    return list(runs), list(order)
+        unevaluated.update(dict.fromkeys(
+            sorted(p.parent for p in path.rglob("recipe.yaml") if _is_run_folder(p.parent)
+                   and not (p.parent / "eval" / "summary.json").is_file())))
+    return Found(list(runs), list(order), list(unevaluated))
 
 
 def variant_order(manifest: dict[str, Any] | None) -> list[str]:
@@ -314,12 +331,13 @@ def group_runs(run_dirs: list[Path], order: list[str] | None = None
 
 
 def compare(paths: list[Path], out: Path, baseline: str | None = None
-            ) -> tuple[str, list[Path], str | None]:
+            ) -> tuple[str, list[Path], list[str]]:
     """The tables of `vlp compare`: per budget the variants over seeds (results.md/.csv and
     plots, in out/ for runs outside a sweep and out/<budget>/ for a sweep's), and one row per
-    run in out/comparison.md/.csv. Returns (Markdown, files written, why plots were skipped)."""
-    run_dirs, order = run_folders(paths)
-    budgets = group_runs(run_dirs, order)
+    run in out/comparison.md/.csv. Returns (Markdown, files written, notes: run folders left
+    out for lack of eval/summary.json, why plots were skipped)."""
+    found = run_folders(paths)
+    budgets = group_runs(found.runs, found.order)
     if baseline is not None:
         lacking = [str(b) for b, groups in budgets.items() if baseline not in groups]
         if lacking:
@@ -327,14 +345,17 @@ def compare(paths: list[Path], out: Path, baseline: str | None = None
                             f"{', '.join(lacking)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    columns, rows = comparison(run_dirs)
+    columns, rows = comparison(found.runs)
     (out / "comparison.md").write_text(to_markdown(columns, rows))
     (out / "comparison.csv").write_text(to_csv(columns, rows))
-    files, texts, skipped = [out / "comparison.md", out / "comparison.csv"], [], None
+    files, texts = [out / "comparison.md", out / "comparison.csv"], []
+    notes = [f"left out {run}: no eval/summary.json (run `vlp eval {run}`)"
+             for run in found.unevaluated]
     for budget, groups in budgets.items():
-        markdown, written, why = aggregate(groups, out if budget is None else out / budget,
-                                           baseline)
+        markdown, written, skipped = aggregate(groups, out if budget is None else out / budget,
+                                               baseline)
         texts.append(markdown if budget is None else f"## budget {budget}\n\n{markdown}")
         files += written
-        skipped = skipped or why
-    return "\n".join(texts), files, skipped
+        if skipped and skipped not in notes:
+            notes.append(skipped)
+    return "\n".join(texts), files, notes
