@@ -210,8 +210,9 @@ def test_plots_are_drawn_with_flops_and_gradients(seed_runs, tmp_path):
     (seed_runs["clip"][1] / "flops.json").unlink()
     for run in seed_runs["full"]:
         (run / "gradients.jsonl").unlink()
-    _, files, _ = aggregate(seed_runs, tmp_path / "again")
+    markdown, files, _ = aggregate(seed_runs, tmp_path / "again")
     assert [f.name for f in files][-1] == "downstream.png"
+    assert _table(markdown)[0]["steps"] == "101 (n=2)"  # mean of 100 and 102
     assert _image(tmp_path / "again" / "losses.png").shape[0] == 300
 
 
@@ -279,6 +280,9 @@ def test_cli_groups_sweep_runs_by_budget_and_variant_and_others_by_recipe(tmp_pa
         {**r, MEAN_R: r[MEAN_R].replace(" ≈", "")} for r in rows]  # first variant: baseline
     assert main([*args, "--baseline", "nope"]) == 2
     assert "--baseline 'nope' is not a variant" in capsys.readouterr().err
+    (hand[0] / "sweep_run.json").write_text('{"budget": "steps"}')
+    assert main(args) == 2
+    assert "sweep_run.json: needs 'budget', 'variant' and 'seed'" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "empty_dir_missing")]) == 2
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(tmp_path / "empty")]) == 2

@@ -54,8 +54,16 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
 # ----------------------------------------------------------------------------- one row per run
 
 
+def sweep_tag(run_dir: Path) -> dict[str, Any] | None:
+    """The run's sweep_run.json (budget, variant, seed), or None for a run outside a sweep."""
+    tag = _optional_json(Path(run_dir) / "sweep_run.json")
+    if tag is not None and not all(k in tag for k in ("budget", "variant", "seed")):
+        raise UserError(f"{run_dir / 'sweep_run.json'}: needs 'budget', 'variant' and 'seed'")
+    return tag
+
+
 def _label(summary: dict[str, Any], run_dir: Path, taken: set[str]) -> str:
-    tag = _optional_json(run_dir / "sweep_run.json")
+    tag = sweep_tag(run_dir)
     if tag is not None:
         return f"{tag['budget']}/{tag['variant']}/seed_{tag['seed']}"
     label = Path(summary.get("recipe", run_dir.name)).stem
@@ -192,8 +200,13 @@ def _spread_cell(spread: Spread, row_n: int, mark: bool | None) -> str:
 
 
 def _compute_cells(variant: Variant) -> list[str]:
-    steps, flops = variant.compute["steps"].mean, variant.compute["total_flops"].mean
-    return ["" if steps is None else f"{steps:g}", "" if flops is None else f"{flops:.3g}"]
+    """Mean steps and total FLOPs over the runs with flops.json ((n=k): k of the row's runs)."""
+    cells = []
+    for key, form in (("steps", "g"), ("total_flops", ".3g")):
+        spread = variant.compute[key]
+        cells.append("" if spread.mean is None else f"{spread.mean:{form}}"
+                     + (f" (n={spread.n})" if spread.n < len(variant.runs) else ""))
+    return cells
 
 
 def results_markdown(columns: list[str], variants: list[Variant], baseline: Variant) -> str:
@@ -319,7 +332,7 @@ def group_runs(run_dirs: list[Path], order: list[str] | None = None
     variant), in `order` where listed; other runs under budget None by recipe name."""
     budgets: dict[str | None, dict[str, list[Path]]] = {}
     for run in run_dirs:
-        tag = _optional_json(Path(run) / "sweep_run.json")
+        tag = sweep_tag(run)
         if tag is not None:
             budget, variant = str(tag["budget"]), str(tag["variant"])
         else:
