@@ -5,6 +5,7 @@ plots are drawn (losses over FLOPs, gradients), and run folders group by sweep o
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import statistics
 import textwrap
@@ -306,5 +307,6 @@ def test_a_real_tiny_run_goes_through_aggregate(tmp_path):
     if (result.run_dir / "flops.json").is_file():  # FLOP counting (its own branch) landed
         flops = json.loads((result.run_dir / "flops.json").read_text())
         assert row["steps"] == f"{flops['steps']:g}"
-    assert [f.name for f in files][2:] == ["losses.png", "downstream.png"]
-    _image(tmp_path / "out" / "losses.png")  # the run's real loss curve
+    if importlib.util.find_spec("matplotlib") is not None:  # the `test` extra has it
+        assert [f.name for f in files][2:] == ["losses.png", "downstream.png"]
+        _image(tmp_path / "out" / "losses.png")  # the run's real loss curve
