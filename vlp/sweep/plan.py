@@ -159,21 +159,16 @@ def load_run_recipe(sweep: Sweep, recipe: Path, overrides: list[Override]) -> Re
     """What `vlp train RECIPE --set ...` of the run will validate, validated here, each
     problem the sweep file wrote pointing at its line (SweepError)."""
     source = shown_path(recipe)
-    try:
-        data, prov = load_with_bases(Path(source))
-        objectives = data.get("objectives")
-        before = [str(n) for n in objectives] if isinstance(objectives, dict) else []
-        for o in overrides:
-            try:
-                apply_override(data, prov, o.assignment)
-            except RecipeError as exc:
-                raise SweepError([Problem(o.where, o.shown, p.reason)
-                                  for p in exc.problems]) from None
-            _point_at_sweep(prov, sweep, o)
-    except SweepError:
-        raise
-    except RecipeError as exc:  # the recipe file itself
-        raise SweepError(exc.problems) from None
+    data, prov = load_with_bases(Path(source))  # (a RecipeError: the recipe file's own)
+    objectives = data.get("objectives")
+    before = [str(n) for n in objectives] if isinstance(objectives, dict) else []
+    for o in overrides:
+        try:
+            apply_override(data, prov, o.assignment)
+        except RecipeError as exc:
+            raise SweepError([Problem(o.where, o.shown, p.reason)
+                              for p in exc.problems]) from None
+        _point_at_sweep(prov, sweep, o)
     problems = _switched_off_nothing(data, before, overrides)
     try:
         validated = validate(data, prov, source)
