@@ -318,9 +318,10 @@ def make_plan(sweep: Sweep, write: bool = True) -> Plan:
 def _differences(run: PlannedRun, recipe: Recipe, sweep: Sweep) -> str | None:
     """What in `run.folder` the sweep now asks differently, or None."""
     record_path = run.folder / RUN_RECORD
+    if not holds_run(run.folder):  # nothing trained there yet: nothing to keep
+        return None
     if not record_path.is_file():
-        return "it holds a run this sweep did not start (no sweep_run.json)" \
-            if holds_run(run.folder) else None
+        return "it holds a run this sweep did not start (no sweep_run.json)"
     saved, now = json.loads(record_path.read_text()), run.record(sweep)
     changed = [f"{k}: {saved.get(k)!r} then, {now[k]!r} now" for k in now
                if k != "sweep" and saved.get(k) != now[k]]  # a moved sweep file is the same
