@@ -343,3 +343,12 @@ def test_child_command_is_vlp_train_with_the_runs_overrides(tmp_path):
     assert command(run, RESUME, False)[-3:] == ["--resume", "latest", "--no-eval"]
     assert command(run, "evaluate", True) == [sys.executable, "-m", "vlp", "eval",
                                               str(run.folder)]
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 1e-4, 3.0e13, "yes", "a: b", "", [1, "x"],
+                                   {"a": {"b": 1}}, None, True])
+def test_override_values_read_back_as_written(value):
+    from vlp.core.yamlio import parse_yaml
+    from vlp.sweep.plan import yaml_value
+
+    assert parse_yaml(yaml_value(value), "--set")[0] == value

@@ -53,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    evaluate=None if args.no_eval else retrieval_of_run)
     if D.rank() == 0:
         print(final_report(result.summary), flush=True)
-        if not args.no_eval and result.steps >= recipe.spec.trainer.max_steps:
+        # summary's max_steps: the steps trained to (a budget's, not the recipe's, if set)
+        if not args.no_eval and result.steps >= result.summary["max_steps"]:
             from vlp.eval.evaluate import evaluate_tasks
 
             # the recipe's downstream tasks, on the run as trained: nothing is rebuilt, and the

@@ -241,7 +241,8 @@ def counted_budget(sweep: Sweep, name: str, recipe: Recipe, overrides: list[Over
     counted once and kept in OUT/<name>/budget.json, which later sweeps read back (a budget.json
     counted for another definition is refused: the sweep file was edited)."""
     spec = sweep.spec.budgets[name]
-    wanted = {"flops_of": spec.flops_of, "steps": spec.steps, "recipe": str(recipe.source),
+    wanted = {"flops_of": spec.flops_of, "steps": spec.steps,
+              "recipe": str(sweep.recipe_of(spec.flops_of)),
               "overrides": [o.assignment for o in overrides]}
     path = sweep.out / name / BUDGET_RECORD
     if path.is_file():
