@@ -249,7 +249,11 @@ def test_bad_overrides_point_at_the_sweep_file_line(tmp_path, monkeypatch):
           no_itc:
             set:
               objectives.itcc.weight: 0
-          half: {set: {objectives.itc_masked.weightt: 0.5, optim: {lr: -1}}}
+          half:
+            set:
+              objectives.itc_masked.weightt: 0.5
+              optim:
+                lr: -1
     """)
     with pytest.raises(SweepError) as caught:
         make_plan(load_sweep(path), write=False)
@@ -258,8 +262,8 @@ def test_bad_overrides_point_at_the_sweep_file_line(tmp_path, monkeypatch):
         f"{path}:10: variants.no_itc.set.objectives.itcc.weight: the recipe has no objective "
         "'itcc' (it has: itc, itc_masked), so a weight of 0 switches nothing off; did you mean "
         "`itc`?",
-        f"{path}:11: variants.half.set.optim.lr: Input should be greater than 0 (got -1)",
-        f"{path}:11: variants.half.set.objectives.itc_masked.weightt: unknown key (expected one "
+        f"{path}:15: variants.half.set.optim.lr: Input should be greater than 0 (got -1)",
+        f"{path}:13: variants.half.set.objectives.itc_masked.weightt: unknown key (expected one "
         "of: image_view, init_temperature, max_logit_scale, text_view, use, weight); did you "
         "mean `weight`?"]
     assert not (tmp_path / "runs").exists()

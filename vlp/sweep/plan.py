@@ -103,9 +103,7 @@ def _shown(problem: Problem, sweep: Sweep, overrides: list[Override]) -> Problem
     """A problem the sweep file wrote names the sweep file's key, not the recipe's."""
     if not problem.where.startswith(sweep.source + ":"):
         return problem
-    for o in overrides:
-        if problem.where != o.where:
-            continue
+    for o in reversed(overrides):  # the last override of a key is the one in effect
         if problem.key == o.key or problem.key.startswith(o.key + "."):
             return Problem(problem.where, o.shown + problem.key[len(o.key):], problem.reason)
         if o.key.startswith(problem.key + "."):  # a parent the override created
