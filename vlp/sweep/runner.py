@@ -6,6 +6,7 @@ and the sweep waits for them; at the end one table per budget (vlp.eval.compare.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -100,13 +101,16 @@ def _start(plan: Plan, run: PlannedRun, action: str, threads: int) -> subprocess
     if action == RESTART:  # nothing to resume from: the folder's run files go
         for name in RUN_FILES:
             path = run.folder / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     write_json(run.folder / RUN_RECORD, run.record(plan.sweep))
     cmd = command(run, action, plan.sweep.spec.eval)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     with (run.folder / LOG).open("ab") as log:
         log.write(f"# vlp sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {action}: "
-                  f"{' '.join(cmd)}\n".encode())
+                  f"{shlex.join(cmd)}\n".encode())
         log.flush()
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
