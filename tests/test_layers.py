@@ -10,13 +10,15 @@ PACKAGE = Path(__file__).parent.parent / "vlp"
 # a module of the left layer may not import (even lazily, even for typing) any on the right
 FORBIDDEN = {
     "vlp.seeding": ("vlp.",),
-    "vlp.plugins": ("vlp.core", "vlp.data", "vlp.eval", "vlp.cli", "vlp.tasks"),
+    "vlp.plugins": ("vlp.core", "vlp.data", "vlp.eval", "vlp.cli", "vlp.tasks", "vlp.sweep"),
     "vlp.data": ("vlp.core", "vlp.eval", "vlp.cli", "vlp.tasks", "vlp.objectives",
-                 "vlp.encoders", "vlp.maskers"),
-    "vlp.core": ("vlp.eval", "vlp.cli", "vlp.tasks"),
-    "vlp.objectives": ("vlp.eval", "vlp.cli", "vlp.tasks"),
-    "vlp.encoders": ("vlp.eval", "vlp.cli", "vlp.tasks"),
-    "vlp.maskers": ("vlp.eval", "vlp.cli", "vlp.tasks"),
+                 "vlp.encoders", "vlp.maskers", "vlp.sweep"),
+    "vlp.core": ("vlp.eval", "vlp.cli", "vlp.tasks", "vlp.sweep"),
+    "vlp.objectives": ("vlp.eval", "vlp.cli", "vlp.tasks", "vlp.sweep"),
+    "vlp.encoders": ("vlp.eval", "vlp.cli", "vlp.tasks", "vlp.sweep"),
+    "vlp.maskers": ("vlp.eval", "vlp.cli", "vlp.tasks", "vlp.sweep"),
+    "vlp.eval": ("vlp.cli", "vlp.sweep"),  # the sweep (beside cli) is on top of eval
+    "vlp.sweep": ("vlp.cli",),
 }
 TYPING_ONLY_OK = {"vlp.data": ("vlp.core.recipe",)}  # the recipe's data sections, for hints
 

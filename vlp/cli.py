@@ -1,6 +1,6 @@
 """Command line: `vlp-train RECIPE`, `vlp recipe validate`, `vlp plugins [NAME]`,
 `vlp eval RUN_DIR [--data MANIFEST]`, `vlp export RUN OUT --format ...`, `vlp embed`,
-`vlp data shard MANIFEST OUT/` and `vlp data prepare KIND SRC OUT/`."""
+`vlp data shard MANIFEST OUT/`, `vlp data prepare KIND SRC OUT/` and `vlp sweep SWEEP.yaml`."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    evaluate=None if args.no_eval else retrieval_of_run)
     if D.rank() == 0:
         print(final_report(result.summary), flush=True)
-        if not args.no_eval and result.steps >= recipe.spec.trainer.max_steps:
+        # summary's max_steps: the steps trained to (a budget's, not the recipe's, if set)
+        if not args.no_eval and result.steps >= result.summary["max_steps"]:
             from vlp.eval.evaluate import evaluate_tasks
 
             # the recipe's downstream tasks, on the run as trained: nothing is rebuilt, and the
@@ -128,6 +129,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for note in notes:  # run folders left out, plots skipped
         print(note, file=sys.stderr)
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vlp.sweep.runner import run_sweep
+
+    return run_sweep(args.sweep, args.jobs, args.dry_run)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -259,6 +266,16 @@ def _main_parser() -> argparse.ArgumentParser:
                      help="the reference row for the within-seed-spread marks (default: the first "
                           "variant: the sweep's first, or the first run's recipe)")
     cmp.set_defaults(func=_cmd_compare)
+    sw = sub.add_parser("sweep", help="run a grid of recipe variants x budgets x seeds, resumable, "
+                                      "then one mean ± std table per budget (docs/ablations.md)")
+    sw.add_argument("sweep", type=Path, metavar="SWEEP.yaml", help="sweep file")
+    sw.add_argument("--jobs", type=int, metavar="N",
+                    help="runs at once (default: the sweep's jobs, else 1); each gets "
+                         "cores // N threads")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="validate everything and print the runs and what each needs "
+                         "(train, resume, skip, ...) without running any")
+    sw.set_defaults(func=_cmd_sweep)
     ex = sub.add_parser("export", help="write a run's encoders for timm, transformers or open_clip")
     ex.add_argument("run_dir", type=Path, help="run folder written by vlp-train")
     ex.add_argument("out", type=Path, help="folder to write the export to")
@@ -298,7 +315,8 @@ def _run(func, args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     except RecipeError as exc:
-        source = getattr(args, "tasks", None) or getattr(args, "recipe", None) or args.run_dir
+        source = (getattr(args, "tasks", None) or getattr(args, "recipe", None)
+                  or getattr(args, "sweep", None) or args.run_dir)
         print(f"error: {source}: {exc}", file=sys.stderr)
     except (UserError, DataError, FileNotFoundError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
