@@ -17,7 +17,7 @@ from vlp.core.diagnostics import gradient_diagnostics, gradient_gram, shared_par
 from vlp.core.model import VLPModel
 from vlp.core.recipe import load_recipe
 from vlp.core.step import Step
-from vlp.core.trainer import step_generator, train
+from vlp.core.trainer import diagnostic_step, forward_backward, step_generator, train
 from vlp.data.collate import Collator
 from vlp.data.demo import DemoDataset, demo_reports
 from vlp.data.tokenize import TokenIds, train_tokenizer
@@ -99,6 +99,32 @@ def test_objective_that_does_not_reach_a_part_has_norm_zero_and_no_cosine(write_
         assert line["cos/itc/mlm/text_encoder"] is not None  # both reach the text encoder
 
 
+def test_with_accumulation_the_gradients_are_the_accumulated_whole_batch_ones(write_recipe):
+    """grad_accum 2: each objective's gradient is what training's two-pass accumulation gives
+    that objective alone over the whole batch (ITC is batch-coupled: one micro-batch's
+    gradient would differ), with each micro-batch's own masks."""
+    model, batch = build(write_recipe(FUSED_MLM))
+    line = gradient_diagnostics(model, diagnostic_step(model, batch, STEP, SEED, 2),
+                                contextlib.nullcontext(), STEP)
+    objectives = model.objectives
+    flat: dict[str, dict[str, torch.Tensor]] = {}
+    for name in objectives:
+        model.objectives = torch.nn.ModuleDict({name: objectives[name]})
+        model.zero_grad(set_to_none=True)
+        forward_backward(model, batch, STEP, SEED, 2, "fp32")
+        flat[name] = {part: torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad)
+                                       .flatten() for p in params])
+                      for part, params in shared_parameters(model).items()}
+    model.objectives = objectives
+    for part in ("image_encoder", "text_encoder", "fusion"):
+        for name in objectives:
+            assert line[f"norm/{name}/{part}"] == pytest.approx(
+                torch.linalg.norm(flat[name][part]).item(), rel=1e-9, abs=1e-12), (name, part)
+    for part in ("image_encoder", "text_encoder"):
+        want = F.cosine_similarity(flat["itc"][part], flat["mlm"][part], dim=0).item()
+        assert line[f"cos/itc/mlm/{part}"] == pytest.approx(want, rel=1e-9), part
+
+
 def test_gram_is_accumulated_per_parameter_and_skips_missing_gradients():
     a = [torch.tensor([3.0, 0.0]), torch.tensor([[1.0]])]
     b = [None, torch.tensor([[2.0]])]
@@ -167,3 +193,29 @@ def test_resume_keeps_the_lines_before_the_resumed_step(write_recipe, tmp_path):
     got, want = logged(split), logged(tmp_path / "straight")
     assert [ln["step"] for ln in got] == [0, 1, 2, 3, 4]
     assert got == want
+
+
+def test_two_ranks_log_the_numbers_of_one_process_on_the_whole_batch(write_recipe, tmp_path):
+    """torchrun, 2 gloo ranks, each loading its own half: gradients averaged over ranks give
+    one process's norms and cosines (ITC and GLA gather negatives over ranks; masks of masked
+    views would differ by rank by design, so this recipe has none)."""
+    from test_accumulation import torchrun
+
+    tok = tmp_path / "tokenizer.json"
+    train_tokenizer(demo_reports(64), vocab_size=300).save(str(tok))
+    path = write_recipe(f"""
+        _base_: tiny_base.yaml
+        data: {{max_text_len: 128}}
+        model: {{tokenizer: {{path: {tok}}}}}
+        objectives: {{itc: {{weight: 1.0}}, gla: {{weight: 0.5, local: filip}}}}
+        trainer: {{max_steps: 2, diagnostics_every: 1}}
+    """)
+    torchrun(path, tmp_path / "ddp")
+    train(load_recipe(path), out=tmp_path / "single")
+    got, want = logged(tmp_path / "ddp"), logged(tmp_path / "single")
+    assert [ln["step"] for ln in got] == [ln["step"] for ln in want] == [0, 1]
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        assert a["cos/itc/gla/image_encoder"] is not None
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)

@@ -290,16 +290,26 @@ def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
     return StepOutput(metrics, passes)
 
 
+def diagnostic_step(model: nn.Module, batch: Batch, step: int, seed: int, grad_accum: int
+                    ) -> Step:
+    """Step `step` over this rank's whole batch with training's masks, features keeping their
+    graph: under accumulation each micro-batch masked with its own stream, the whole batch in
+    one pass (its gradient is the accumulated one; it holds the whole batch's activations)."""
+    generator = step_generator(batch.image.device, seed, step)
+    if grad_accum == 1:
+        return Step(model, batch, generator)
+    return WholeBatchStep(model, batch, micro_steps(model, batch, step, seed, grad_accum),
+                          generator)
+
+
 def diagnose(training: Training, batch: Batch, step: int) -> dict[str, int | float | None]:
     """Per-objective gradient norms and cosines on the shared parts (vlp.core.diagnostics) at
-    step `step`, before it trains: the unwrapped model on this rank's whole batch with the
-    step's masks (under accumulation, each micro-batch's own, as one step holding the whole
-    batch's graph, whose gradient is the accumulated one); training is left unchanged."""
-    model, seed, trainer = training.model, training.recipe.spec.seed, training.trainer
-    generator = step_generator(batch.image.device, seed, step)
-    view = Step(model, batch, generator) if trainer.grad_accum == 1 else WholeBatchStep(
-        model, batch, micro_steps(model, batch, step, seed, trainer.grad_accum), generator)
-    return gradient_diagnostics(model, view, _autocast(training.device, trainer.precision), step)
+    step `step`, before it trains, on the unwrapped model; training is left unchanged."""
+    trainer = training.trainer
+    view = diagnostic_step(training.model, batch, step, training.recipe.spec.seed,
+                           trainer.grad_accum)
+    return gradient_diagnostics(training.model, view,
+                                _autocast(training.device, trainer.precision), step)
 
 
 # ----------------------------------------------------------------------------- metrics
