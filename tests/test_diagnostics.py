@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from vlp.core.diagnostics import gradient_diagnostics, gradient_gram, shared_parameters
+from vlp.core.errors import RecipeError
 from vlp.core.model import VLPModel
 from vlp.core.recipe import load_recipe
 from vlp.core.step import Step
@@ -219,3 +220,11 @@ def test_two_ranks_log_the_numbers_of_one_process_on_the_whole_batch(write_recip
         assert a["cos/itc/gla/image_encoder"] is not None
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+def test_fsdp_is_refused_before_anything_is_built(write_recipe):
+    path = write_recipe(TEXT_ONLY_MLM)
+    with pytest.raises(RecipeError, match=r"trainer.diagnostics_every: .*parallel: fsdp"):
+        load_recipe(path, ["trainer.parallel=fsdp", "trainer.diagnostics_every=10"])
+    with pytest.raises(RecipeError, match=r"trainer.diagnostics_every"):
+        load_recipe(path, ["trainer.diagnostics_every=-1"])
