@@ -218,8 +218,8 @@ def test_two_ranks_log_the_numbers_of_one_process_on_the_whole_batch(write_recip
     for a, b in zip(got, want):
         assert a.keys() == b.keys()
         assert a["cos/itc/gla/image_encoder"] is not None
-        for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+        for key in a:  # float32; a cosine near 0 is known to about 1e-5 absolute
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
 
 
 def test_fsdp_is_refused_before_anything_is_built(write_recipe):
