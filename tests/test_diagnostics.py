@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from test_accumulation import CPU, SEED, STEP, build, torchrun
 
 from vlp.core.diagnostics import gradient_diagnostics, gradient_gram, shared_parameters
 from vlp.core.errors import RecipeError
@@ -19,12 +20,9 @@ from vlp.core.model import VLPModel
 from vlp.core.recipe import load_recipe
 from vlp.core.step import Step
 from vlp.core.trainer import diagnostic_step, forward_backward, step_generator, train
-from vlp.data.collate import Collator
-from vlp.data.demo import DemoDataset, demo_reports
-from vlp.data.tokenize import TokenIds, train_tokenizer
+from vlp.data.demo import demo_reports
+from vlp.data.tokenize import train_tokenizer
 
-CPU = torch.device("cpu")
-SEED, STEP, BATCH = 0, 3, 8
 TEXT_ONLY_MLM = """
     _base_: tiny_base.yaml
     views: {mlm: {masker: mlm_tokens}}
@@ -36,17 +34,6 @@ FUSED_MLM = """
     views: {mlm: {masker: mlm_tokens}}
     objectives: {itc: {weight: 2.0}, mlm: {weight: 0.5, text_view: mlm, fused: true}}
 """
-
-
-def build(path: Path) -> tuple[VLPModel, object]:
-    recipe = load_recipe(path)
-    tok = train_tokenizer(demo_reports(64), vocab_size=300)
-    torch.manual_seed(0)
-    model = VLPModel(recipe, TokenIds.of(tok)).double()
-    data = DemoDataset(BATCH, image_size=32)
-    batch = Collator(tok, 48)([data[i] for i in range(BATCH)])
-    batch.image = batch.image.double()
-    return model, batch
 
 
 def separate_backward(model: VLPModel, batch, part: str) -> dict[str, torch.Tensor]:
@@ -200,8 +187,6 @@ def test_two_ranks_log_the_numbers_of_one_process_on_the_whole_batch(write_recip
     """torchrun, 2 gloo ranks, each loading its own half: gradients averaged over ranks give
     one process's norms and cosines (ITC and GLA gather negatives over ranks; masks of masked
     views would differ by rank by design, so this recipe has none)."""
-    from test_accumulation import torchrun
-
     tok = tmp_path / "tokenizer.json"
     train_tokenizer(demo_reports(64), vocab_size=300).save(str(tok))
     path = write_recipe(f"""
