@@ -57,3 +57,15 @@ def plugin_dirs(monkeypatch: pytest.MonkeyPatch):
         registry.refresh()
     yield add
     registry.refresh()
+
+
+@pytest.fixture
+def tokenizer_path(tmp_path: Path) -> Path:
+    """A tokenizer trained once on the tiny demo reports: one vocabulary for every run of a
+    test (tokenizer training is not repeatable)."""
+    from vlp.data.demo import demo_reports
+    from vlp.data.tokenize import train_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    train_tokenizer(demo_reports(64), vocab_size=300).save(str(path))
+    return path

@@ -70,8 +70,8 @@ def test_mim_decoder_sees_prefix_plus_every_patch(write_recipe, monkeypatch):
     monkeypatch.setattr(Block, "forward", spy)
     result = train(load_recipe(path), out=path.parent / "run")
     # [CLS] + all 16 patches (4 kept + 12 mask tokens) of a 32 px image, in the training step
-    # and in the check for untrained parameters before it
-    assert seen == [1 + 16] * 2
+    # and, before it, in the check for untrained parameters and in the FLOP count
+    assert seen == [1 + 16] * 3
     assert result.last_metrics["passes/image_encoder/masked"] == 1
 
 

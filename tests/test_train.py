@@ -76,8 +76,9 @@ def test_non_finite_loss_stops_naming_objective_and_step(recipe_path, tmp_path, 
     def poisoned(*args):
         calls["n"] += 1
         loss = real(*args)
-        # 2 ITC calls in the check for untrained parameters, then 2 per step: step 5
-        return loss * float("nan") if calls["n"] >= 11 else loss
+        # 2 ITC calls in the check for untrained parameters, 2 in the FLOP count, then 2 per
+        # step: step 5
+        return loss * float("nan") if calls["n"] >= 13 else loss
 
     monkeypatch.setattr(itc_module, "itc_loss", poisoned)
     recipe = load_recipe(recipe_path, ["trainer.ckpt_every=2"])
@@ -241,12 +242,14 @@ def test_grad_accum_draws_new_masks_per_micro_batch_and_resumes_exactly(accumula
     monkeypatch.setattr(patches, "random_patch_mask", spy)
     recipe = load_recipe(accumulating_recipe)
     train(recipe, out=tmp_path / "straight")
-    assert len(drawn) == 8  # 4 steps x 2 micro-batches
-    for step in range(4):
+    assert len(drawn) == 10  # the FLOP count's step 0, then 4 steps x 2 micro-batches
+    assert torch.equal(torch.stack(drawn[:2]), torch.stack(drawn[2:4]))  # the count: step 0's
+    for step in range(1, 5):
         assert not torch.equal(drawn[2 * step], drawn[2 * step + 1]), step
-    train(recipe, out=tmp_path / "split", stop_after=2)
+    train(recipe, out=tmp_path / "split", stop_after=2)  # counts again; the resume does not
     train(recipe, out=tmp_path / "split", resume="latest")
-    assert torch.equal(torch.stack(drawn[:8]), torch.stack(drawn[8:]))
+    assert len(drawn) == 20
+    assert torch.equal(torch.stack(drawn[2:10]), torch.stack(drawn[12:]))
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
 
 

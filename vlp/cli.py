@@ -122,11 +122,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from vlp.eval.compare import compare
 
-    markdown, files, skipped = compare(args.runs, args.out)
+    markdown, files, notes = compare(args.runs, args.out, args.baseline)
     print(markdown, end="")
     print("wrote " + ", ".join(str(f) for f in files))
-    if skipped:
-        print(skipped, file=sys.stderr)
+    for note in notes:  # run folders left out, plots skipped
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -247,11 +247,17 @@ def _main_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", type=Path, metavar="FILE.yaml",
                     help="run this task file (an eval: section on its own) instead")
     ev.set_defaults(func=_cmd_eval)
-    cmp = sub.add_parser("compare", help="one table of several runs' downstream results")
-    cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR",
-                     help="run folders to compare, one table row each")
+    cmp = sub.add_parser("compare", help="mean ± std over seeds of several runs' downstream "
+                                         "results, variants as rows (docs/ablations.md)")
+    cmp.add_argument("runs", type=Path, nargs="+", metavar="RUN_OR_SWEEP_DIR",
+                     help="run folders, or folders to search for run folders (a sweep's output): "
+                          "a sweep's runs group by budget and variant, others by recipe name")
     cmp.add_argument("--out", type=Path, default=Path("comparison"),
-                     help="folder for comparison.md/.csv and the PNG plots (default comparison/)")
+                     help="folder for results.md/.csv (out/<budget>/ for a sweep's runs), the "
+                          "PNG plots and comparison.md/.csv, one row per run (default comparison/)")
+    cmp.add_argument("--baseline", metavar="VARIANT",
+                     help="the reference row for the within-seed-spread marks (default: the first "
+                          "variant: the sweep's first, or the first run's recipe)")
     cmp.set_defaults(func=_cmd_compare)
     ex = sub.add_parser("export", help="write a run's encoders for timm, transformers or open_clip")
     ex.add_argument("run_dir", type=Path, help="run folder written by vlp-train")

@@ -133,7 +133,10 @@ class ScheduleSpec(_Strict):
 
 
 class TrainerSpec(_Strict):
-    max_steps: int = Field(gt=0)
+    max_steps: int = Field(gt=0)  # the run's length, unless a budget below sets it
+    # equal-compute budgets (at most one): the steps are floor(budget / cost of a step), >= 1
+    budget_flops: float | None = Field(None, gt=0)  # training FLOPs, counted on step 0
+    budget_samples: int | None = Field(None, gt=0)  # training pairs seen (steps x batch_size)
     batch_size: int = Field(gt=0)  # global batch: all ranks and accumulation steps together
     grad_accum: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -579,6 +582,9 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
         add("trainer.tensorboard", "tensorboard is not installed: pip install -e '.[tensorboard]'")
     if trainer.batch_size % trainer.grad_accum:
         add("trainer.batch_size", "must be divisible by trainer.grad_accum")
+    if trainer.budget_flops is not None and trainer.budget_samples is not None:
+        add("trainer.budget_samples", "set together with trainer.budget_flops "
+            f"({where_of(prov, 'trainer.budget_flops', source)}); give at most one budget")
     if trainer.parallel == "fsdp" and trainer.eval_every:
         add("trainer.eval_every", "held-out evaluation during training needs the whole model on "
             "rank 0; with parallel: fsdp the run is evaluated once, at the end (set it to 0)")

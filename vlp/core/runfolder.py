@@ -6,7 +6,8 @@
   always describes how all of its steps were trained. Start a new run to change a value. Only
   keys that change how a run is operated, not what it trains (OPERATIONAL), are applied: the
   run's recipe.yaml is updated and each change appended to `recipe_changes.jsonl`.
-- Resuming a run that already reached `trainer.max_steps` says so and changes nothing.
+- Resuming a run that already reached `trainer.max_steps` (or the steps its budget planned,
+  kept in its flops.json) says so and changes nothing.
 The checks only read the folder and happen before anything is written to it.
 """
 
@@ -68,8 +69,10 @@ def recipe_changes(run_dir: Path, recipe: Recipe) -> list[Change]:
             for key in sorted({*before, *now}) if before.get(key, missing) != now.get(key, missing)]
 
 
-def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> list[Change]:
+def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None,
+                     max_steps: int | None = None) -> list[Change]:
     """Refuse what would damage `run_dir` (see the module docstring); reads, never writes.
+    `max_steps`: the run's length, if a budget planned it (default: trainer.max_steps).
     Returns the operational changes a resume applies (record them with `record_changes`)."""
     run_dir = Path(run_dir)
     if not resume:
@@ -86,9 +89,13 @@ def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None) -> list[
                         "these changes, or start a new run with another --out")
     name = resolve_checkpoint(run_dir, resume).name  # step_0000123 (other names: not checked)
     step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else -1
-    if step >= recipe.spec.trainer.max_steps:
-        raise RunFinished(f"{run_dir} already finished at step {step} (trainer.max_steps "
-                          f"{recipe.spec.trainer.max_steps}); nothing to resume, nothing changed")
+    trainer = recipe.spec.trainer
+    budgeted = trainer.budget_flops is not None or trainer.budget_samples is not None
+    planned = "steps planned by its budget" if budgeted else "trainer.max_steps"
+    max_steps = trainer.max_steps if max_steps is None else max_steps
+    if step >= max_steps:
+        raise RunFinished(f"{run_dir} already finished at step {step} ({planned} {max_steps}); "
+                          "nothing to resume, nothing changed")
     return changes
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -39,6 +39,14 @@ from vlp.core.checkpoint import (
 )
 from vlp.core.diagnostics import gradient_diagnostics
 from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError, UserError
+from vlp.core.flops import (
+    budget_note,
+    count_run,
+    describe_plan,
+    read_record,
+    resumed_steps,
+    with_max_steps,
+)
 from vlp.core.heldout import HeldOutTracker
 from vlp.core.optim import build_optimizer, build_scheduler
 from vlp.core.progress import TrainProgress, say
@@ -108,6 +116,7 @@ class Training:
     end: int  # step after the last one this call runs (stop_after or max_steps)
     faults: FaultLog  # this rank's rows that could not be read when drawn (resumed too)
     threads: ThreadChoice
+    flops: dict[str, Any]  # the run's flops.json: FLOPs per step, the steps its budget planned
 
     @property
     def model(self) -> nn.Module:
@@ -184,18 +193,29 @@ def _wrap_for_ranks(model: nn.Module, device: torch.device, trainer: TrainerSpec
 
 def setup(recipe: Recipe, out: Path | None, resume: str | None,
           stop_after: int | None) -> Training:
-    """Build (or resume) a run: the model, optimiser, schedule and the steps to run."""
+    """Build (or resume) a run: the model, optimiser, schedule and the steps to run.
+
+    A fresh run counts the FLOPs of its first step and plans its steps (a budget's, or
+    max_steps) into flops.json; a resumed one reads them back. The Recipe trained, returned in
+    the Training, has the planned steps as trainer.max_steps (the run's recipe.yaml keeps the
+    recipe as written)."""
     spec, trainer = recipe.spec, recipe.spec.trainer
     threads = apply_threads(trainer.threads)  # before any work, so every op sees it
     device = _join_ranks(recipe)
     run_dir = _run_dir(recipe, out, resume)
     say(f"{recipe.name}: {threads.describe()}, device {device}, {D.world_size()} rank(s), "
-        f"run folder {run_dir}")
-    changes = check_run_folder(run_dir, recipe, resume)
+        f"run folder {run_dir}{budget_note(trainer)}")
+    saved = read_record(run_dir) if resume else None
+    planned = resumed_steps(run_dir, trainer, saved) if resume else None
+    changes = check_run_folder(run_dir, recipe, resume, planned)
     torch.manual_seed(spec.seed + D.rank())
     run = build_run(recipe, run_dir, device)
     sample = run.collate(probe_pairs(run.data))
     check_every_parameter_trains(recipe, run.model, sample.to(device))
+    flops = saved or count_run(run)  # before the wrappers below, which change no math
+    say(describe_plan(flops, trainer.max_steps) + (" (read from flops.json)" if saved else ""))
+    recipe = with_max_steps(recipe, flops["steps"])
+    trainer = recipe.spec.trainer
     if trainer.grad_checkpointing:
         checkpoint_blocks(run.model)
     if trainer.parallel == "fsdp" and D.is_distributed():
@@ -216,7 +236,8 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
         raise UserError(f"--stop-after {stop_after}: the run in {run_dir} is already at step "
                         f"{start}; pass a later step (or none, to train to {trainer.max_steps})")
     ddp = _wrap_for_ranks(run.model, device, trainer)
-    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults, threads)
+    return Training(recipe, run, device, optimizer, scheduler, ddp, start, end, faults, threads,
+                    flops)
 
 
 def data_loader(training: Training) -> FaultCountingLoader:
@@ -452,6 +473,9 @@ def finish(training: Training, done: int, last: dict[str, float], evaluate: Eval
         "steps": done, "max_steps": trainer.max_steps, "final": last, "retrieval": result,
         "eval_skipped": skipped_because, "threads": training.threads.threads,
         "train_seconds": train_seconds, "best": held_out.best if held_out else None,
+        "flops_per_step": training.flops["flops_per_step"],
+        "total_flops": training.flops["flops_per_step"] * done,  # of the steps trained so far
+        "budget": training.flops["budget"], "recipe_max_steps": run.recipe.spec.trainer.max_steps,
         **data_report(run.data, faults)}
     if D.rank() == 0:
         write_json(training.run_dir / "summary.json", summary)
