@@ -141,9 +141,10 @@ def test_all_problems_of_a_file_at_once(write_recipe):
         load_recipe(write_recipe(text))
     assert {str(p).split(": ", 1)[1] for p in info.value.problems} >= {
         "trainer.max_step: unknown key (expected one of: batch_size, best_metric, budget_flops, "
-        "budget_samples, ckpt_every, compile, device, eval_every, find_unused_parameters, "
-        "grad_accum, grad_checkpointing, grad_clip, keep_checkpoints, log_every, max_steps, "
-        "parallel, precision, tensorboard, threads); did you mean `max_steps`?",
+        "budget_samples, ckpt_every, compile, device, diagnostics_every, eval_every, "
+        "find_unused_parameters, grad_accum, grad_checkpointing, grad_clip, keep_checkpoints, "
+        "log_every, max_steps, parallel, precision, tensorboard, threads); did you mean "
+        "`max_steps`?",
         "objectives.mlm.text_veiw: unknown key `objectives.mlm.text_veiw`, did you mean "
         "`text_view`? (`text_view` is required)",
     }

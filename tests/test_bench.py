@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from bench import accumulation, checkpointing_compile, gpu
+from bench import accumulation, checkpointing_compile, diagnostics, gpu
 
 TINY_SETS = [a for s in gpu.TINY + ["trainer.batch_size=8"] for a in ("--set", s)]
 
@@ -29,3 +29,8 @@ def test_accumulation_and_checkpointing_benches_print_ratios(capsys):
     out = capsys.readouterr().out
     assert re.search(r"ratio to the whole batch: k=2 \d+\.\d{3}", out)
     assert re.search(r"ratio checkpointing / eager: time \d+\.\d{3}, saved memory 0\.\d{3}", out)
+
+
+def test_diagnostics_bench_prints_its_ratio(capsys):
+    diagnostics.main(["--repeats", "1", "--recipe", "recipes/clip.yaml", *TINY_SETS])
+    assert re.search(r"diagnostic / training step: \d+\.\d{3}", capsys.readouterr().out)

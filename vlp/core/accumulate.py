@@ -49,22 +49,15 @@ def concat_parts(parts: Sequence):
                           for f in fields(first)})
 
 
-class AccumulatedStep(Step):
-    """The whole batch of a step, whose encoder and fusion features are computed micro-batch by
-    micro-batch without gradients and cached as leaves (pass 1); see the module docstring."""
+class WholeBatchStep(Step):
+    """The whole batch of a step as one ordinary step (features keep their graph), masked as
+    accumulation masks it: each micro-batch with its own stream (`micro`). Its gradient is the
+    one the two passes below compute (gradient diagnostics use it)."""
 
     def __init__(self, model: nn.Module, batch: Batch, micro: list[Step],
                  generator: torch.Generator):
         super().__init__(model, batch, generator)  # `generator`: whole-batch samplers (ITM)
         self.micro = micro
-        self.cached: dict[tuple, tuple[Compute, list[torch.Tensor]]] = {}
-
-    def _leaves(self, key: tuple, compute: Compute) -> list[torch.Tensor]:
-        with torch.no_grad():
-            per_micro = [compute(step) for step in self.micro]
-        leaves = [torch.cat(list(parts)).requires_grad_() for parts in zip(*per_micro)]
-        self.cached[key] = (compute, leaves)
-        return leaves
 
     def view(self, name: str) -> ViewOutput:
         if name in ("image", "text"):
@@ -74,6 +67,23 @@ class AccumulatedStep(Step):
             self.passes[f"masker/{name}"] += 1
             return concat_parts([step.view(name) for step in self.micro])
         return self._once(("view", name), make)
+
+
+class AccumulatedStep(WholeBatchStep):
+    """The whole batch of a step, whose encoder and fusion features are computed micro-batch by
+    micro-batch without gradients and cached as leaves (pass 1); see the module docstring."""
+
+    def __init__(self, model: nn.Module, batch: Batch, micro: list[Step],
+                 generator: torch.Generator):
+        super().__init__(model, batch, micro, generator)
+        self.cached: dict[tuple, tuple[Compute, list[torch.Tensor]]] = {}
+
+    def _leaves(self, key: tuple, compute: Compute) -> list[torch.Tensor]:
+        with torch.no_grad():
+            per_micro = [compute(step) for step in self.micro]
+        leaves = [torch.cat(list(parts)).requires_grad_() for parts in zip(*per_micro)]
+        self.cached[key] = (compute, leaves)
+        return leaves
 
     def image(self, view: str = "image") -> ImageFeatures:
         def encode() -> ImageFeatures:
@@ -140,32 +150,8 @@ def accumulation_problems(model: nn.Module) -> list[str]:
     return problems
 
 
-def all_reduce_gradients(model: nn.Module, bucket_bytes: int = 25 * 2 ** 20) -> None:
+def all_reduce_gradients(model: nn.Module) -> None:
     """Average gradients over ranks once per step, in flat buckets (identity without a process
     group). Every rank runs the same objectives, so the same parameters have gradients."""
-    if not D.is_distributed():
-        return
-    grads = [p.grad for p in model.parameters()  # FSDP reduce-scatters its shards itself
-             if p.grad is not None and not isinstance(p.grad, DTensor)]
-    world = D.world_size()
-    bucket: list[torch.Tensor] = []
-
-    def flush() -> None:
-        flat = torch.cat([g.flatten() for g in bucket])
-        torch.distributed.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for g in bucket:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-        bucket.clear()
-
-    size = 0
-    for grad in grads:
-        if bucket and (grad.dtype != bucket[0].dtype or size >= bucket_bytes):
-            flush()
-            size = 0
-        bucket.append(grad)
-        size += grad.numel() * grad.element_size()
-    if bucket:
-        flush()
+    D.average_over_ranks([p.grad for p in model.parameters()  # FSDP reduce-scatters its shards
+                          if p.grad is not None and not isinstance(p.grad, DTensor)])

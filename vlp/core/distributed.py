@@ -79,6 +79,35 @@ def gather_no_grad(x: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def average_over_ranks(tensors: list[torch.Tensor], bucket_bytes: int = 25 * 2 ** 20) -> None:
+    """Average `tensors` over ranks in place, in flat buckets of one dtype (identity without a
+    process group); every rank passes tensors of the same shapes in the same order."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    bucket: list[torch.Tensor] = []
+
+    def flush() -> None:
+        flat = torch.cat([t.flatten() for t in bucket])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for t in bucket:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+        bucket.clear()
+
+    size = 0
+    for tensor in tensors:
+        if bucket and (tensor.dtype != bucket[0].dtype or size >= bucket_bytes):
+            flush()
+            size = 0
+        bucket.append(tensor)
+        size += tensor.numel() * tensor.element_size()
+    if bucket:
+        flush()
+
+
 def init_from_env(device_type: str) -> bool:
     """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():

@@ -8,7 +8,7 @@ loss is the recipe-weighted sum.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from vlp.core.step import Step
 from vlp.data.batch import Batch
 from vlp.data.tokenize import TokenIds
 from vlp.encoders.layers import bert_init_
+
+if TYPE_CHECKING:
+    from vlp.objectives.base import ObjectiveOutput
 
 T = TypeVar("T")
 
@@ -118,14 +121,25 @@ class VLPModel(nn.Module):
         """One step: (weighted total loss, detached per-objective metrics, encoder pass counts)."""
         return self.losses(Step(self, batch, generator))
 
+    def objective_outputs(self, step: Step) -> dict[str, ObjectiveOutput]:
+        """Every objective run once on `step`, in recipe order (losses unweighted)."""
+        return {name: objective(step) for name, objective in self.objectives.items()}
+
+    def weighted(self, outputs: dict[str, ObjectiveOutput]) -> dict[str, torch.Tensor]:
+        """Each objective's loss times its recipe weight (float32), with its graph."""
+        return {name: self.weights[name] * out.loss.float() for name, out in outputs.items()}
+
+    def objective_losses(self, step: Step) -> dict[str, torch.Tensor]:
+        """Each objective's weighted loss on `step`, not summed (gradient diagnostics)."""
+        return self.weighted(self.objective_outputs(step))
+
     def losses(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
         """Every objective on `step` (a plain or an accumulated step): the same as `forward`."""
-        batch = step.batch
-        total = batch.image.new_zeros((), dtype=torch.float32)
+        outputs = self.objective_outputs(step)
+        total = sum(self.weighted(outputs).values(),
+                    start=step.batch.image.new_zeros((), dtype=torch.float32))
         metrics: dict[str, torch.Tensor] = {}
-        for name, objective in self.objectives.items():
-            out = objective(step)
-            total = total + self.weights[name] * out.loss.float()
+        for name, out in outputs.items():
             metrics[f"loss/{name}"] = out.loss.detach().float()
             for key, value in out.metrics.items():
                 metrics[f"{name}/{key}"] = value.detach().float()

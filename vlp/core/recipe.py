@@ -153,6 +153,7 @@ class TrainerSpec(_Strict):
     threads: int | None = Field(None, gt=0)  # CPU threads; default: cores / local ranks
     eval_every: int = Field(0, ge=0)  # held-out retrieval every N steps (0: only at the end)
     best_metric: str = "mean_R"  # held-out metric (higher is better) picking checkpoints/best
+    diagnostics_every: int = Field(0, ge=0)  # per-objective gradients -> gradients.jsonl (0: off)
 
 
 class TaskSpec(BaseModel):
@@ -587,6 +588,9 @@ def _check_values(valid: dict[str, Any], prov: Provenance, source: str,
     if trainer.parallel == "fsdp" and trainer.eval_every:
         add("trainer.eval_every", "held-out evaluation during training needs the whole model on "
             "rank 0; with parallel: fsdp the run is evaluated once, at the end (set it to 0)")
+    if trainer.parallel == "fsdp" and trainer.diagnostics_every:
+        add("trainer.diagnostics_every", "gradient diagnostics need whole parameters on every "
+            "rank; not available with parallel: fsdp (set it to 0, or use ddp)")
     reason = _device_problem(trainer.device)
     if reason:
         add("trainer.device", reason)

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vlp.core import distributed as D
 from vlp.core.accumulate import (
     AccumulatedStep,
+    WholeBatchStep,
     all_reduce_gradients,
 )
 from vlp.core.checkpoint import (
@@ -36,6 +37,7 @@ from vlp.core.checkpoint import (
     set_rng_state,
     write_json,
 )
+from vlp.core.diagnostics import gradient_diagnostics
 from vlp.core.errors import Interrupted, NonFiniteLoss, Problem, RecipeError, UserError
 from vlp.core.flops import (
     budget_note,
@@ -256,6 +258,14 @@ class StepOutput:
     passes: dict[str, int]  # encoder passes per (encoder, view); each covers all micro-batches
 
 
+def micro_steps(model: nn.Module, batch: Batch, step: int, seed: int, grad_accum: int
+                ) -> list[Step]:
+    """The micro-batches of step `step`, each with its own mask generator."""
+    device = batch.image.device
+    return [Step(model, part, step_generator(device, seed, step, i))
+            for i, part in enumerate(batch.split(grad_accum))]
+
+
 def forward_backward(model: nn.Module, batch: Batch, step: int, seed: int, grad_accum: int,
                      precision: str, ddp: nn.Module | None = None
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
@@ -272,9 +282,8 @@ def forward_backward(model: nn.Module, batch: Batch, step: int, seed: int, grad_
         if is_sharded(model):  # FSDP leaves scalar parameters replicated
             all_reduce_gradients(model)
         return loss.detach(), metrics, passes
-    micro = [Step(model, part, step_generator(device, seed, step, i))
-             for i, part in enumerate(batch.split(grad_accum))]
-    whole = AccumulatedStep(model, batch, micro, step_generator(device, seed, step))
+    whole = AccumulatedStep(model, batch, micro_steps(model, batch, step, seed, grad_accum),
+                            step_generator(device, seed, step))
     with _autocast(device, precision):
         loss, metrics, passes = model.losses(whole)
     loss.backward()
@@ -300,6 +309,28 @@ def train_step(training: Training, batch: Batch, step: int) -> StepOutput:
     for objective in training.model.objectives.values():
         objective.after_optimizer_step()
     return StepOutput(metrics, passes)
+
+
+def diagnostic_step(model: nn.Module, batch: Batch, step: int, seed: int, grad_accum: int
+                    ) -> Step:
+    """Step `step` over this rank's whole batch with training's masks, features keeping their
+    graph: under accumulation each micro-batch masked with its own stream, the whole batch in
+    one pass (its gradient is the accumulated one; it holds the whole batch's activations)."""
+    generator = step_generator(batch.image.device, seed, step)
+    if grad_accum == 1:
+        return Step(model, batch, generator)
+    return WholeBatchStep(model, batch, micro_steps(model, batch, step, seed, grad_accum),
+                          generator)
+
+
+def diagnose(training: Training, batch: Batch, step: int) -> dict[str, int | float | None]:
+    """Per-objective gradient norms and cosines on the shared parts (vlp.core.diagnostics) at
+    step `step`, before it trains, on the unwrapped model; training is left unchanged."""
+    trainer = training.trainer
+    view = diagnostic_step(training.model, batch, step, training.recipe.spec.seed,
+                           trainer.grad_accum)
+    return gradient_diagnostics(training.model, view,
+                                _autocast(training.device, trainer.precision), step)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -354,9 +385,10 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
-def _metrics_file(run_dir: Path, start: int) -> TextIO:
-    """Open metrics.jsonl for appending, dropping lines past the resumed step (or broken)."""
-    path = run_dir / "metrics.jsonl"
+def _metrics_file(run_dir: Path, start: int, name: str = "metrics.jsonl") -> TextIO:
+    """Open a JSON-lines log for appending, keeping the lines of steps up to `start` (metrics:
+    steps done; pass start - 1 for lines written before a step runs) and no broken ones."""
+    path = run_dir / name
     if path.exists():
         kept = [ln for ln in path.read_text().splitlines()
                 if (s := _logged_step(ln)) is not None and s <= start]
@@ -469,9 +501,18 @@ def train(recipe: Recipe, out: Path | None = None, resume: str | None = None,
                                log.file, log.board)
                 if evaluate and trainer.eval_every and D.rank() == 0 else None)
     last: dict[str, float] = {}
+    every, gradients = trainer.diagnostics_every, training.run_dir / "gradients.jsonl"
+    if every and D.rank() == 0:  # lines of the steps that will run again go
+        _metrics_file(training.run_dir, training.start - 1, gradients.name).close()
     with stop_on_signals() as stop:  # SIGINT/SIGTERM: end the step, checkpoint, exit
         for step, batch in enumerate(data_loader(training), start=training.start):
-            output = train_step(training, batch.to(training.device), step)
+            batch = batch.to(training.device)
+            if every and step % every == 0:  # every rank computes, rank 0 writes
+                line = diagnose(training, batch, step)
+                if D.rank() == 0:
+                    with gradients.open("a") as file:
+                        file.write(json.dumps(line) + "\n")
+            output = train_step(training, batch, step)
             window.add(step, output.metrics)
             done = step + 1
             if done % trainer.log_every == 0 or done == training.end:
