@@ -4,9 +4,11 @@ files are refused before anything runs, naming the sweep file's lines."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -172,15 +174,35 @@ def test_dry_run_lists_every_run_as_skipped_when_done(interrupted_sweep, capsys)
     assert "6 runs" in out and out.count("  skip     steps/") == 6
 
 
-@pytest.mark.skipif(not hasattr(__import__("vlp.eval.compare").eval.compare, "aggregate"),
-                    reason="needs vlp.eval.compare.aggregate (branch i12-agg)")
-def test_sweep_tables_each_budget(interrupted_sweep):
+def test_sweep_tables_equal_a_hand_computation_from_the_run_folders(interrupted_sweep):
+    """results.csv: per variant, the mean and sample std over seeds of every metric equal
+    statistics.mean/stdev of the values in the run folders' eval/summary.json."""
     from vlp.sweep.runner import aggregate_budgets
 
     aggregate_budgets(interrupted_sweep.plan)
     table = (interrupted_sweep.out / "steps" / "results.md").read_text()
     rows = [ln.split("|")[1].strip() for ln in table.splitlines() if ln.startswith("| ")]
     assert [r for r in rows if r in ("clip", "full", "half")] == ["clip", "full", "half"]
+    with open(interrupted_sweep.out / "steps" / "results.csv") as file:
+        csv_rows = {row["variant"]: row for row in csv.DictReader(file)}
+    checked = 0
+    for variant in ("clip", "full", "half"):
+        values: dict[str, list[float]] = {}
+        for seed in (0, 1):
+            folder = interrupted_sweep.out / "steps" / variant / f"seed_{seed}"
+            results = json.loads((folder / "eval" / "summary.json").read_text())["results"]
+            for task, record in results.items():
+                for metric, entry in record["metrics"].items():
+                    if "/" not in metric:  # per-label entries are not columns
+                        values.setdefault(f"{task}/{metric}", []).append(entry["value"])
+        assert values
+        for column, seen in values.items():
+            row = csv_rows[variant]
+            assert float(row[f"{column}/mean"]) == pytest.approx(statistics.mean(seen), abs=1e-9)
+            assert float(row[f"{column}/std"]) == pytest.approx(statistics.stdev(seen), abs=1e-9)
+            assert int(row[f"{column}/n"]) == 2
+            checked += 1
+    assert checked >= 3 * 7  # every retrieval metric of every row
 
 
 def test_edited_sweep_refuses_the_folders_it_would_change(interrupted_sweep):

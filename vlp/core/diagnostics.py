@@ -41,12 +41,13 @@ def gradient_gram(grads: Sequence[Gradients]) -> torch.Tensor:
     device = next((g.device for row in grads for g in row if g is not None), None)
     gram = torch.zeros(count, count, dtype=torch.float64, device=device)
     for k in range(len(grads[0]) if count else 0):
-        present = [i for i in range(count) if grads[i][k] is not None]
-        if not present:
+        column = [grads[i][k] for i in range(count)]
+        reached = next((g for g in column if g is not None), None)
+        if reached is None:
             continue
-        rows = torch.stack([grads[i][k].reshape(-1).double() for i in present])
-        index = torch.tensor(present, device=gram.device)
-        gram.index_put_((index[:, None], index[None, :]), rows @ rows.T, accumulate=True)
+        zero = torch.zeros_like(reached)  # an objective that does not reach it adds nothing
+        rows = torch.stack([(zero if g is None else g).reshape(-1).double() for g in column])
+        gram += rows @ rows.T  # no host sync: no index tensor is built per parameter
     return gram
 
 

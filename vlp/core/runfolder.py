@@ -21,12 +21,13 @@ import yaml
 
 from vlp.core.checkpoint import resolve_checkpoint
 from vlp.core.errors import UserError
-from vlp.core.recipe import Recipe, load_recipe
+from vlp.core.recipe import Recipe, TrainerSpec, load_recipe
 from vlp.files import write_text_atomic
 
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints")
 OPERATIONAL = ("trainer.log_every", "trainer.ckpt_every", "trainer.keep_checkpoints",
-               "trainer.tensorboard", "trainer.device", "data.num_workers", "eval.batch_size")
+               "trainer.tensorboard", "trainer.device", "trainer.diagnostics_every",
+               "data.num_workers", "eval.batch_size")
 Change = tuple[str, Any, Any]  # dotted key, value in the run's recipe.yaml, value now
 
 
@@ -69,6 +70,13 @@ def recipe_changes(run_dir: Path, recipe: Recipe) -> list[Change]:
             for key in sorted({*before, *now}) if before.get(key, missing) != now.get(key, missing)]
 
 
+def resumable_keys(trainer: TrainerSpec) -> set[str]:
+    """Keys a resume may change: the operational ones, and max_steps under a budget (which
+    planned the steps instead, in flops.json)."""
+    budgeted = trainer.budget_flops is not None or trainer.budget_samples is not None
+    return set(OPERATIONAL) | ({"trainer.max_steps"} if budgeted else set())
+
+
 def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None,
                      max_steps: int | None = None) -> list[Change]:
     """Refuse what would damage `run_dir` (see the module docstring); reads, never writes.
@@ -80,8 +88,9 @@ def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None,
             raise UserError(f"{run_dir} already holds a run; continue it with --resume latest, "
                             "or pass another --out")
         return []
+    trainer = recipe.spec.trainer
     changes = recipe_changes(run_dir, recipe)
-    refused = [change for change in changes if change[0] not in OPERATIONAL]
+    refused = [change for change in changes if change[0] not in resumable_keys(trainer)]
     if refused:
         shown = "; ".join(f"{key}: {old!r} in the run, {new!r} now" for key, old, new in refused)
         raise UserError(f"--resume: the recipe differs from the run's {run_dir / 'recipe.yaml'} "
@@ -89,8 +98,7 @@ def check_run_folder(run_dir: Path, recipe: Recipe, resume: str | None,
                         "these changes, or start a new run with another --out")
     name = resolve_checkpoint(run_dir, resume).name  # step_0000123 (other names: not checked)
     step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else -1
-    trainer = recipe.spec.trainer
-    budgeted = trainer.budget_flops is not None or trainer.budget_samples is not None
+    budgeted = "trainer.max_steps" in resumable_keys(trainer)
     planned = "steps planned by its budget" if budgeted else "trainer.max_steps"
     max_steps = trainer.max_steps if max_steps is None else max_steps
     if step >= max_steps:

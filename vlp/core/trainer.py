@@ -214,7 +214,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
     check_every_parameter_trains(recipe, run.model, sample.to(device))
     flops = saved or count_run(run)  # before the wrappers below, which change no math
     say(describe_plan(flops, trainer.max_steps) + (" (read from flops.json)" if saved else ""))
-    recipe = with_max_steps(recipe, flops["steps"])
+    written, recipe = recipe, with_max_steps(recipe, flops["steps"])
     trainer = recipe.spec.trainer
     if trainer.grad_checkpointing:
         checkpoint_blocks(run.model)
@@ -230,7 +230,7 @@ def setup(recipe: Recipe, out: Path | None, resume: str | None,
         start, saved_threads = _restore(run, optimizer, scheduler, resume, faults)
         threads = keep_run_threads(threads, saved_threads)
     if changes and D.rank() == 0:
-        record_changes(run_dir, recipe, changes, start)
+        record_changes(run_dir, written, changes, start)  # recipe.yaml keeps max_steps
     end = trainer.max_steps if stop_after is None else min(stop_after, trainer.max_steps)
     if stop_after is not None and end <= start:  # re-saving `start` would rewrite the summary
         raise UserError(f"--stop-after {stop_after}: the run in {run_dir} is already at step "

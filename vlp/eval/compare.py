@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -284,8 +284,10 @@ class Found:
     """What `vlp compare` found under its arguments."""
 
     runs: list[Path]  # run folders with eval/summary.json, each once
-    order: list[str]  # the variant order of any sweep.json among the arguments
+    order: list[str]  # the variant order of the sweeps' manifests (sweep.json)
     unevaluated: list[Path]  # run folders under them that have no eval/summary.json (yet)
+    budgets: list[str] = field(default_factory=list)  # the manifests' budget order
+    baseline: str | None = None  # the manifests' baseline, where they name one and agree
 
 
 def _is_run_folder(path: Path) -> bool:
@@ -309,11 +311,23 @@ def run_folders(paths: list[Path]) -> Found:
             raise UserError(f"{path}: no run folder under it has eval/summary.json "
                             f"(run `vlp eval RUN_DIR` on each first)")
         runs.update(dict.fromkeys(found))
-        order.update(dict.fromkeys(variant_order(_optional_json(path / "sweep.json"))))
         unevaluated.update(dict.fromkeys(
             sorted(p.parent for p in path.rglob("recipe.yaml") if _is_run_folder(p.parent)
                    and not (p.parent / "eval" / "summary.json").is_file())))
-    return Found(list(runs), list(order), list(unevaluated))
+    manifests = [m for m in map(_optional_json, _manifest_paths(list(runs))) if m]
+    for manifest in manifests:
+        order.update(dict.fromkeys(variant_order(manifest)))
+    budgets = dict.fromkeys(str(b) for m in manifests for b in m.get("budgets", {}))
+    baselines = {m["baseline"] for m in manifests if m.get("baseline")}
+    return Found(list(runs), list(order), list(unevaluated), list(budgets),
+                 baselines.pop() if len(baselines) == 1 else None)
+
+
+def _manifest_paths(runs: list[Path]) -> list[Path]:
+    """The sweep.json of every sweep the runs belong to (OUT/<budget>/<variant>/seed_N/)."""
+    paths = {run.parents[2] / "sweep.json": None for run in runs
+             if sweep_tag(run) is not None and len(run.parents) > 2}
+    return [path for path in paths if path.is_file()]
 
 
 def variant_order(manifest: dict[str, Any] | None) -> list[str]:
@@ -351,6 +365,10 @@ def compare(paths: list[Path], out: Path, baseline: str | None = None
     out for lack of eval/summary.json, why plots were skipped)."""
     found = run_folders(paths)
     budgets = group_runs(found.runs, found.order)
+    rank = {name: i for i, name in enumerate(found.budgets)}  # the sweep file's budget order
+    budgets = dict(sorted(budgets.items(), key=lambda item: rank.get(item[0], len(rank))))
+    if baseline is None and all(found.baseline in groups for groups in budgets.values()):
+        baseline = found.baseline  # the sweep's `baseline:` (None: each table's first row)
     if baseline is not None:
         lacking = [str(b) for b, groups in budgets.items() if baseline not in groups]
         if lacking:

@@ -13,8 +13,9 @@ from typing import Any
 import yaml
 
 from vlp.core.errors import Problem, RecipeError, UserError
+from vlp.core.flops import read_record
 from vlp.core.recipe import Recipe, _close, validate
-from vlp.core.runfolder import OPERATIONAL, holds_run, recipe_changes
+from vlp.core.runfolder import holds_run, recipe_changes, resumable_keys
 from vlp.core.yamlio import absolute_paths, apply_override, load_with_bases
 from vlp.files import write_text_atomic
 from vlp.sweep.spec import Sweep, SweepError
@@ -325,8 +326,7 @@ def _differences(run: PlannedRun, recipe: Recipe, sweep: Sweep) -> str | None:
     changed = [f"{k}: {saved.get(k)!r} then, {now[k]!r} now" for k in now
                if k != "sweep" and saved.get(k) != now[k]]  # a moved sweep file is the same
     if not changed and (run.folder / "recipe.yaml").is_file():
-        ignored = set(OPERATIONAL) | ({"trainer.max_steps"} if run.budget_kind != "steps"
-                                      else set())  # a budget decides the steps it trains
+        ignored = resumable_keys(recipe.spec.trainer)  # what the child's resume accepts
         changed = [f"recipe {key}: {old!r} in its recipe.yaml, {new!r} now"
                    for key, old, new in recipe_changes(run.folder, recipe) if key not in ignored]
     return "; ".join(changed) or None
@@ -352,6 +352,17 @@ def refuse_edited(runs: list[tuple[PlannedRun, Recipe]], sweep: Sweep) -> None:
 FINISHED, EVALUATE, RESUME, RESTART, TRAIN = "skip", "evaluate", "resume", "restart", "train"
 
 
+def _last_checkpoint_is_final(folder: Path) -> bool:
+    """The latest checkpoint is of the run's last planned step (flops.json): it trained to the
+    end even if it was stopped before writing summary.json (resuming it has nothing to do)."""
+    pointer, record = folder / "checkpoints" / "latest", read_record(folder)
+    if not pointer.is_file() or record is None:
+        return False
+    name = pointer.read_text().strip()
+    step = name[len("step_"):]
+    return name.startswith("step_") and step.isdigit() and int(step) >= int(record["steps"])
+
+
 def state_of(run: PlannedRun, evaluate: bool) -> tuple[str, str]:
     """(what the run needs, why), read from its folder:
     skip      summary.json says steps == max_steps and (with eval) eval/summary.json exists
@@ -362,10 +373,11 @@ def state_of(run: PlannedRun, evaluate: bool) -> tuple[str, str]:
     summary_path = run.folder / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     done = bool(summary) and summary.get("steps") == summary.get("max_steps")
+    done = done or _last_checkpoint_is_final(run.folder)  # killed before summary.json
     if done and (not evaluate or (run.folder / "eval" / "summary.json").is_file()):
-        return FINISHED, f"finished at step {summary['steps']}"
+        return FINISHED, f"finished at step {summary.get('steps', 'its last')}"
     if done:
-        return EVALUATE, f"trained to step {summary['steps']}, not evaluated"
+        return EVALUATE, f"trained to step {summary.get('steps', 'its last')}, not evaluated"
     pointer = run.folder / "checkpoints" / "latest"
     if pointer.is_file():
         return RESUME, f"from checkpoint {pointer.read_text().strip()}"
