@@ -264,6 +264,17 @@ def test_cli_groups_sweep_runs_by_budget_and_variant_and_others_by_recipe(tmp_pa
     per_run = _csv(tmp_path / "cmp" / "comparison.csv")
     assert {r["run"] for r in per_run} >= {"steps/clip/seed_0", "flops/full/seed_1"}
     assert len(per_run) == 8
+    assert out.index("## budget flops") < out.index("## budget steps")  # alphabetical here
+
+    # the manifest's budget order and baseline, also when one budget's folder is named
+    (sweep / "sweep.json").write_text(json.dumps(  # unsorted keys, as the sweep writes it
+        {"variants": ["full", "clip"], "baseline": "clip", "budgets": {"steps": {}, "flops": {}}}))
+    assert main(["compare", str(sweep), "--out", str(tmp_path / "cmp2")]) == 0
+    out, _ = capsys.readouterr()
+    assert out.index("## budget steps") < out.index("## budget flops")
+    assert main(["compare", str(sweep / "flops"), "--out", str(tmp_path / "cmp3")]) == 0
+    text = (tmp_path / "cmp3" / "flops" / "results.md").read_text()
+    assert [r["variant"] for r in _table(text)] == ["full", "clip"] and "Baseline: clip." in text
 
     hand = [make_run(tmp_path / "hand" / name, {MEAN_R: value}, recipe=recipe)
             for name, value, recipe in [("a", 30.0, "recipes/clip.yaml"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import vlp.core.flops as flops_module
@@ -131,6 +132,19 @@ def test_sample_budget_plans_floor_of_samples_over_batch(itc_recipe, tmp_path, m
     assert (summary["steps"], summary["max_steps"], summary["recipe_max_steps"]) == (5, 5, 4)
     assert summary["total_flops"] == record["total_flops"]
     assert sorted(_lrs(out)) == [1, 2, 3, 4, 5]
+
+
+def test_budget_run_resumes_twice_after_an_operational_change(itc_recipe, tmp_path):
+    """A resume that changes log_every rewrites recipe.yaml with the recipe's own max_steps
+    (not the budget's plan), so the next resume still accepts the folder."""
+    out = tmp_path / "run"
+    train(load_recipe(itc_recipe, ["trainer.budget_samples=47"]), out=out, stop_after=2)
+    changed = load_recipe(itc_recipe, ["trainer.budget_samples=47", "trainer.log_every=2"])
+    train(changed, out=out, resume="latest", stop_after=3)
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())["trainer"]
+    assert (saved["max_steps"], saved["log_every"]) == (4, 2)
+    result = train(changed, out=out, resume="latest")
+    assert result.steps == 5
 
 
 def test_flop_budget_plans_steps_and_schedule_and_resumes_without_recounting(

@@ -5,8 +5,10 @@ files are refused before anything runs, naming the sweep file's lines."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -203,6 +205,21 @@ def test_sweep_tables_equal_a_hand_computation_from_the_run_folders(interrupted_
             assert int(row[f"{column}/n"]) == 2
             checked += 1
     assert checked >= 3 * 7  # every retrieval metric of every row
+
+
+def test_run_killed_after_its_last_checkpoint_is_evaluated_not_resumed(interrupted_sweep,
+                                                                      tmp_path):
+    """Stopped between the final checkpoint and summary.json: resuming would have nothing to
+    do (and write no summary) on every later sweep, so it is evaluated instead."""
+    run = interrupted_sweep.plan.runs[0]
+    copy = dataclasses.replace(run, folder=tmp_path / "run")
+    shutil.copytree(run.folder, copy.folder)
+    (copy.folder / "summary.json").unlink()
+    shutil.rmtree(copy.folder / "eval")
+    assert state_of(copy, True)[0] == "evaluate"
+    assert state_of(copy, False)[0] == "skip"
+    (copy.folder / "checkpoints" / "latest").write_text("step_0000005")  # an earlier one
+    assert state_of(copy, True)[0] == RESUME
 
 
 def test_edited_sweep_refuses_the_folders_it_would_change(interrupted_sweep):
