@@ -253,14 +253,14 @@ MISSING = "required key is missing"
 DATA_SOURCES = ("demo", "manifest", "webdataset")
 
 
-def _close(given: str, allowed: list[str]) -> str | None:
+def close_name(given: str, allowed: list[str]) -> str | None:
     match = difflib.get_close_matches(given, allowed, n=1, cutoff=0.6)
     return match[0] if match else None
 
 
 def _unknown_key(given: str, allowed: list[str]) -> str:
     hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-    guess = _close(given, allowed)
+    guess = close_name(given, allowed)
     return "unknown key" + hint + (f"; did you mean `{guess}`?" if guess else "")
 
 
@@ -299,7 +299,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     return sorted(getattr(cls, "model_fields", {})) or None
 
 
-def _problems(exc: ValidationError, prefix: str, prov: Provenance, source: str,
+def validation_problems(exc: ValidationError, prefix: str, prov: Provenance, source: str,
               model: type[BaseModel], extra_allowed: tuple[str, ...] = ()) -> list[Problem]:
     out = []
     for err in exc.errors():
@@ -316,7 +316,7 @@ def _problems(exc: ValidationError, prefix: str, prov: Provenance, source: str,
     return out
 
 
-def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
+def merge_misspellings(problems: list[Problem]) -> list[Problem]:
     """A required key missing beside an unknown key close to it is one typo: one message."""
     missing = {p.key for p in problems if p.reason == MISSING}
     merged: set[str] = set()
@@ -326,7 +326,7 @@ def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
         if problem.reason.startswith("unknown key"):
             siblings = [k.rpartition(".")[2] for k in missing if k.rpartition(".")[0] == parent
                         and k not in merged]
-            guess = _close(given, siblings)
+            guess = close_name(given, siblings)
             if guess:
                 merged.add(f"{parent}.{guess}" if parent else guess)
                 problem = Problem(problem.where, problem.key,
@@ -367,7 +367,7 @@ def _check_sections(data: dict, prov: Provenance, source: str,
         try:
             valid[name] = getattr(model.model_validate({name: data[name]}), name)
         except ValidationError as exc:
-            problems.extend(_problems(exc, "", prov, source, model))
+            problems.extend(validation_problems(exc, "", prov, source, model))
     return valid
 
 
@@ -383,7 +383,7 @@ def _resolve(kind: str, key: str, plugin: str, raw: dict[str, Any], prov: Proven
     try:
         params = cls.Params.model_validate({k: v for k, v in raw.items() if k not in core_keys})
     except ValidationError as exc:
-        problems.extend(_problems(exc, key, prov, source, cls.Params, core_keys))
+        problems.extend(validation_problems(exc, key, prov, source, cls.Params, core_keys))
         return None
     return Resolved(key, plugin, cls, params, weight)
 
@@ -614,11 +614,11 @@ def validate(data: Any, prov: Provenance, source: str) -> Recipe:
                                 "no objective has a weight above 0"))
     _check_values(valid, prov, source, problems)
     if problems:
-        raise RecipeError(_merge_misspellings(problems))
+        raise RecipeError(merge_misspellings(problems))
     try:  # every section passed on its own, so this only assembles them
         spec = RecipeSpec.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_problems(exc, "", prov, source, RecipeSpec)) from None
+        raise RecipeError(validation_problems(exc, "", prov, source, RecipeSpec)) from None
     image_encoder, text_encoder = encoders["image_encoder"], encoders["text_encoder"]
     assert image_encoder is not None and text_encoder is not None
     recipe = Recipe(source, spec, image_encoder, text_encoder, encoders["fusion"], views,
@@ -650,8 +650,8 @@ def load_task_file(path: str | Path) -> tuple[EvalSpec, dict[str, Resolved]]:
     try:
         spec = EvalSpec.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_problems(exc, "", prov, source, EvalSpec))
+        problems.extend(validation_problems(exc, "", prov, source, EvalSpec))
     tasks = resolve_tasks(data.get("tasks"), "tasks", prov, source, problems)
     if problems or spec is None:
-        raise TaskFileError(_merge_misspellings(problems))
+        raise TaskFileError(merge_misspellings(problems))
     return spec, tasks

@@ -14,7 +14,7 @@ import yaml
 
 from vlp.core.errors import Problem, RecipeError, UserError
 from vlp.core.flops import read_record
-from vlp.core.recipe import Recipe, _close, validate
+from vlp.core.recipe import Recipe, close_name, validate
 from vlp.core.runfolder import holds_run, recipe_changes, resumable_keys
 from vlp.core.yamlio import absolute_paths, apply_override, load_with_bases
 from vlp.files import write_text_atomic
@@ -146,7 +146,7 @@ def _switched_off_nothing(data: dict, before: list[str], overrides: list[Overrid
             continue
         entry = objectives.get(parts[1])
         if isinstance(entry, dict) and entry.get("weight") == 0:
-            guess = _close(parts[1], before)
+            guess = close_name(parts[1], before)
             problems.append(Problem(o.where, o.shown, (
                 f"the recipe has no objective '{parts[1]}' (it has: {', '.join(before)}), so a "
                 "weight of 0 switches nothing off" + (f"; did you mean `{guess}`?" if guess

@@ -191,7 +191,7 @@ def aggregate_budgets(plan: Plan) -> None:
             say(skipped)
 
 
-def describe_plan(plan: Plan, jobs: int) -> str:
+def sweep_plan_text(plan: Plan, jobs: int) -> str:
     """What `--dry-run` prints: the budgets, then each run and what it needs."""
     sweep = plan.sweep
     spec = sweep.spec
@@ -218,7 +218,7 @@ def run_sweep(path: Path, jobs: int | None = None, dry_run: bool = False) -> int
         raise UserError(f"--jobs {jobs}: at least 1 run at a time")
     plan = make_plan(sweep, write=not dry_run)
     if dry_run:
-        print(describe_plan(plan, jobs))
+        print(sweep_plan_text(plan, jobs))
         return 0
     outcome = run_plan(plan, jobs)
     counts = (f"{len(outcome.finished)} finished, {len(outcome.skipped)} skipped (done "

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlp.core.errors import Problem, RecipeError
-from vlp.core.recipe import _close, _merge_misspellings, _problems
+from vlp.core.recipe import close_name, merge_misspellings, validation_problems
 from vlp.core.yamlio import Provenance, parse_yaml, read_utf8, where_of
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # budget and variant names are folder names
@@ -98,7 +98,7 @@ def _check_shallow(data: dict, prov: Provenance, source: str, problems: list[Pro
     try:
         SweepSpec.model_validate({**shallow, **placeholders})
     except ValidationError as exc:
-        problems.extend(_problems(exc, "", prov, source, SweepSpec))
+        problems.extend(validation_problems(exc, "", prov, source, SweepSpec))
     valid = {}
     for name, model in _SECTIONS.items():
         entries = data.get(name)
@@ -117,7 +117,7 @@ def _check_shallow(data: dict, prov: Provenance, source: str, problems: list[Pro
             try:
                 valid[name][str(entry)] = model.model_validate({} if raw is None else raw)
             except ValidationError as exc:
-                problems.extend(_problems(exc, key, prov, source, model))
+                problems.extend(validation_problems(exc, key, prov, source, model))
     return valid
 
 
@@ -130,7 +130,7 @@ def _check_values(spec: SweepSpec, variants: list[str], prov: Provenance, source
 
 
     def unknown_variant(key: str, name: str) -> None:
-        guess = _close(name, variants)
+        guess = close_name(name, variants)
         add(key, f"no variant named {name!r} (variants: {', '.join(variants)})"
             + (f"; did you mean `{guess}`?" if guess else ""))
 
@@ -196,6 +196,6 @@ def load_sweep(path: str | Path) -> Sweep:
         else []
     _check_values(spec, variants, prov, source, folder, problems)
     if problems:
-        raise SweepError(_merge_misspellings(problems))
+        raise SweepError(merge_misspellings(problems))
     out = folder / spec.out if spec.out else Path("runs") / "sweeps" / path.stem
     return Sweep(path, spec, prov, out.resolve())
